@@ -1,0 +1,396 @@
+// One Parley broker node: Aedes, its listeners, the plugin host, the backends, and a
+// bounded graceful stop. It knows nothing about chat; plugins bring that.
+import { randomBytes } from 'node:crypto'
+import { mkdirSync } from 'node:fs'
+import { hostname } from 'node:os'
+import { resolve } from 'node:path'
+import { Aedes, type AedesOptions, type Client } from 'aedes'
+import * as memoryPersistenceModule from 'aedes-persistence'
+import redisPersistence from 'aedes-persistence-redis'
+import type { FastifyInstance } from 'fastify'
+import type { Redis } from 'ioredis'
+import mqemitter from 'mqemitter'
+import mqemitterRedis from 'mqemitter-redis'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { Config } from '../schemas/config.js'
+import { builtinPlugins } from '../plugins/index.js'
+import { openBackends, newRedis, type BackendSet } from './backends.js'
+import { redactConfig } from './config.js'
+import { startMqttListeners, type MqttListener } from './listeners.js'
+import type { Logger } from './logger.js'
+import { createOpsServer } from './ops-http.js'
+import type { DeliveryRoute, HookName, ParleyPlugin, PluginContext, PluginMetrics, PublishOptions } from './plugin-api.js'
+import { PluginHost, importPlugins, orderPlugins } from './plugin-host.js'
+
+/** Internal topic on which a node asks the node holding a client to deliver to it. */
+const DELIVER_PREFIX = '$parley/deliver/'
+
+type Packet = Parameters<Aedes['publish']>[0]
+
+interface Persistence {
+  // Only the promise form: with Aedes 1.x the callback form waits for a 'ready' event that never comes.
+  destroy(): Promise<void>
+}
+
+// aedes-persistence is CommonJS whose module.exports is the factory; its types describe an ES default.
+const aedesMemoryPersistence = ((memoryPersistenceModule as { default?: unknown }).default ??
+  memoryPersistenceModule) as unknown as () => Persistence
+
+interface AedesInternals {
+  clients: Record<string, Client | undefined>
+  mq: {
+    on(topic: string, fn: (packet: DeliverPacket, cb: () => void) => void, done?: () => void): void
+    emit(packet: DeliverPacket, cb?: (err?: Error) => void): void
+  }
+}
+
+interface DeliverPacket {
+  topic: string
+  payload: Buffer
+  origin: string
+  target: { topic: string; qos: 0 | 1; retain: boolean }
+}
+
+export interface ListenerAddress {
+  name: string
+  host: string
+  port: number
+}
+
+/** A unique id per process start: a fixed id makes a restarted node lose and duplicate queued messages. */
+export function newBrokerId(nodeName: string | undefined): string {
+  const base = (nodeName ?? hostname()).replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 48) || 'parley'
+  return `${base}-${randomBytes(6).toString('hex')}`
+}
+
+export interface BrokerNodeOptions {
+  config: Config
+  log: Logger
+  /** Directory that relative plugin module paths resolve against. */
+  baseDir?: string
+  /** Extra plugin modules by name (tests, embedders). */
+  extraBuiltins?: Readonly<Record<string, () => Promise<ParleyPlugin>>>
+}
+
+export class BrokerNode {
+  readonly brokerId: string
+  readonly config: Config
+  readonly log: Logger
+  readonly registry = new Registry()
+  private aedes: Aedes | undefined
+  private host: PluginHost | undefined
+  private ops: FastifyInstance | undefined
+  private backends: BackendSet | undefined
+  private persistence: Persistence | undefined
+  private clusterRedis: Redis[] = []
+  private listeners: MqttListener[] = []
+  private accepting = false
+  private stopping: Promise<void> | undefined
+  private readonly extraChecks = new Map<string, () => Promise<void>>()
+  private opsAddress: ListenerAddress | undefined
+
+  constructor(private readonly opts: BrokerNodeOptions) {
+    this.config = opts.config
+    this.brokerId = newBrokerId(opts.config.nodeName)
+    this.log = opts.log.child({ brokerId: this.brokerId })
+  }
+
+  /** Bound addresses of every listener (ports resolved when configured as 0). */
+  addresses(): ListenerAddress[] {
+    const mqtt = this.listeners.map(({ name, host, port }) => ({ name, host, port }))
+    return this.opsAddress ? [...mqtt, this.opsAddress] : mqtt
+  }
+
+  get connectedClients(): number {
+    return this.aedes?.connectedClients ?? 0
+  }
+
+  async start(): Promise<void> {
+    const { config, log } = this
+    log.info({ config: redactConfig(config) }, 'starting')
+    mkdirSync(resolve(config.dataDir), { recursive: true })
+    collectDefaultMetrics({ register: this.registry })
+    const metrics = this.coreMetrics()
+
+    this.backends = openBackends(config, log)
+    const host = new PluginHost({
+      log,
+      hookTimeoutMs: config.mqtt.hookTimeoutMs,
+      allowAnonymous: config.mqtt.allowAnonymous,
+      onDecision: (hook, plugin, outcome) => metrics.hookDecisions.inc({ hook, plugin, outcome })
+    })
+    this.host = host
+
+    const builtins = { ...builtinPlugins, ...this.opts.extraBuiltins }
+    const loaded = orderPlugins(await importPlugins(config.plugins, builtins, this.opts.baseDir ?? process.cwd()))
+
+    this.ops = createOpsServer({
+      log,
+      brokerId: this.brokerId,
+      registry: this.registry,
+      readiness: { accepting: () => this.accepting, checks: () => this.readinessChecks() }
+    })
+
+    await host.registerAll(loaded, (plugin, pluginConfig) => this.contextFor(plugin, pluginConfig))
+
+    if (config.listeners.ops.enabled) {
+      await this.ops.listen({ host: config.listeners.ops.host, port: config.listeners.ops.port })
+      const addr = this.ops.server.address()
+      const port = typeof addr === 'object' && addr ? addr.port : config.listeners.ops.port
+      this.opsAddress = { name: 'ops', host: config.listeners.ops.host, port }
+      log.info({ listener: 'ops', host: config.listeners.ops.host, port }, 'listening')
+    } else {
+      await this.ops.ready()
+    }
+
+    this.aedes = await Aedes.createBroker(this.aedesOptions(host))
+    this.wireEvents(this.aedes, host, metrics)
+    await this.listenForDeliveries(this.aedes)
+
+    this.listeners = await startMqttListeners(config, this.aedes.handle, log)
+    this.accepting = true
+    log.info({ plugins: host.order, cluster: Boolean(config.redis.url) }, 'ready')
+  }
+
+  private aedesOptions(host: PluginHost): AedesOptions {
+    const { config } = this
+    const m = config.mqtt
+    let mq: unknown
+    if (config.redis.url) {
+      // Dedicated connections: a subscriber connection cannot run other commands.
+      const sub = newRedis(config.redis.url, 'mq-sub', this.log)
+      const pub = newRedis(config.redis.url, 'mq-pub', this.log)
+      const store = newRedis(config.redis.url, 'persistence', this.log)
+      this.clusterRedis = [sub, pub, store]
+      mq = mqemitterRedis({ subConn: sub, pubConn: pub })
+      this.persistence = redisPersistence({ conn: store })
+    } else {
+      mq = mqemitter({ concurrency: m.concurrency, matchEmptyLevels: true })
+      this.persistence = aedesMemoryPersistence()
+    }
+    return {
+      id: this.brokerId,
+      mq,
+      persistence: this.persistence,
+      heartbeatInterval: m.heartbeatIntervalMs,
+      connectTimeout: m.connectTimeoutMs,
+      keepaliveLimit: m.keepaliveLimit,
+      maxClientsIdLength: m.maxClientIdLength,
+      concurrency: m.concurrency,
+      maxTopicLevels: m.maxTopicLevels,
+      ...host.aedesHooks()
+    }
+  }
+
+  private coreMetrics() {
+    const r = this.registry
+    const aedes = () => this.aedes
+    return {
+      connections: new Counter({ name: 'parley_connections_total', help: 'MQTT clients that completed CONNECT', registers: [r] }),
+      published: new Counter({ name: 'parley_messages_published_total', help: 'Messages published by clients', labelNames: ['qos'], registers: [r] }),
+      clientErrors: new Counter({ name: 'parley_client_errors_total', help: 'Client and connection errors (protocol errors, resets)', registers: [r] }),
+      hookDecisions: new Counter({
+        name: 'parley_hook_denials_total',
+        help: 'Plugin hooks that denied, failed or timed out',
+        labelNames: ['hook', 'plugin', 'outcome'],
+        registers: [r]
+      }),
+      connected: new Gauge({
+        name: 'parley_connected_clients',
+        help: 'MQTT clients connected to this node',
+        registers: [r],
+        collect() {
+          this.set(aedes()?.connectedClients ?? 0)
+        }
+      })
+    }
+  }
+
+  private wireEvents(aedes: Aedes, host: PluginHost, metrics: ReturnType<BrokerNode['coreMetrics']>): void {
+    const log = this.log
+    aedes.on('client', () => metrics.connections.inc())
+    aedes.on('clientReady', (client) => void host.notify('clientReady', client))
+    aedes.on('clientDisconnect', (client) => {
+      void host.notify('clientDisconnect', client).finally(() => host.forget(client))
+    })
+    aedes.on('ack', (packet, client) => {
+      if (host.hasHandlers('deliveryAck')) void host.notify('deliveryAck', client, packet)
+    })
+    aedes.on('subscribe', (subs, client) => {
+      if (host.hasHandlers('subscribed')) void host.notify('subscribed', client, subs)
+    })
+    aedes.on('unsubscribe', (topics, client) => {
+      if (host.hasHandlers('unsubscribed')) void host.notify('unsubscribed', client, topics)
+    })
+    aedes.on('publish', (packet, client) => {
+      if (client) metrics.published.inc({ qos: String(packet.qos) })
+    })
+    aedes.on('clientError', (client, err) => {
+      metrics.clientErrors.inc()
+      log.debug({ clientId: client.id, err: err.message }, 'client error')
+    })
+    aedes.on('connectionError', (client, err) => {
+      metrics.clientErrors.inc()
+      log.debug({ clientId: client.id, err: err.message }, 'connection error')
+    })
+    aedes.on('keepaliveTimeout', (client) => log.debug({ clientId: client.id }, 'keepalive timeout'))
+    // Without a listener an 'error' event would crash the process.
+    aedes.on('error' as 'closed', (err?: unknown) => log.error({ err }, 'broker error'))
+  }
+
+  /** Every node listens for deliveries to its own clients that other nodes asked for. */
+  private async listenForDeliveries(aedes: Aedes): Promise<void> {
+    const internals = aedes as unknown as AedesInternals
+    await new Promise<void>((resolve) => {
+      internals.mq.on(
+        `${DELIVER_PREFIX}+`,
+        (packet, cb) => {
+          cb()
+          if (packet.origin === this.brokerId) return
+          const clientId = packet.topic.slice(DELIVER_PREFIX.length)
+          const client = internals.clients[clientId]
+          if (!client?.connected) return
+          client.publish(
+            { cmd: 'publish', topic: packet.target.topic, payload: Buffer.from(packet.payload), qos: packet.target.qos, retain: packet.target.retain, dup: false },
+            (err) => {
+              if (err) this.log.warn({ clientId, err: err.message }, 'forwarded delivery failed')
+            }
+          )
+        },
+        resolve
+      )
+    })
+  }
+
+  private requireAedes(): Aedes {
+    if (!this.aedes) throw new Error('the broker is not started yet')
+    return this.aedes
+  }
+
+  async publish(message: PublishOptions): Promise<void> {
+    const aedes = this.requireAedes()
+    const packet = {
+      cmd: 'publish',
+      topic: message.topic,
+      payload: typeof message.payload === 'string' ? Buffer.from(message.payload) : message.payload,
+      qos: message.qos ?? 0,
+      retain: message.retain ?? false,
+      dup: false
+    } as Packet
+    await new Promise<void>((resolve, reject) => aedes.publish(packet, (err) => (err ? reject(err) : resolve())))
+  }
+
+  async deliver(clientId: string, message: PublishOptions): Promise<DeliveryRoute> {
+    const aedes = this.requireAedes()
+    const internals = aedes as unknown as AedesInternals
+    const payload = typeof message.payload === 'string' ? Buffer.from(message.payload) : message.payload
+    const qos = message.qos ?? 0
+    const local = internals.clients[clientId]
+    if (local?.connected) {
+      await new Promise<void>((resolve, reject) =>
+        local.publish(
+          { cmd: 'publish', topic: message.topic, payload, qos, retain: message.retain ?? false, dup: false },
+          (err) => (err ? reject(err) : resolve())
+        )
+      )
+      return 'local'
+    }
+    await new Promise<void>((resolve, reject) =>
+      internals.mq.emit(
+        {
+          topic: DELIVER_PREFIX + clientId,
+          payload,
+          origin: this.brokerId,
+          target: { topic: message.topic, qos, retain: message.retain ?? false }
+        },
+        (err) => (err ? reject(err) : resolve())
+      )
+    )
+    return 'forwarded'
+  }
+
+  private pluginMetrics(): PluginMetrics {
+    const registers = [this.registry]
+    const prefixed = (name: string) => (name.startsWith('parley_') ? name : `parley_${name}`)
+    return {
+      registry: this.registry,
+      counter: (c) => new Counter({ ...c, name: prefixed(c.name), registers }),
+      gauge: (c) => new Gauge({ ...c, name: prefixed(c.name), registers }),
+      histogram: (c) => new Histogram({ ...c, name: prefixed(c.name), registers })
+    }
+  }
+
+  private contextFor(plugin: ParleyPlugin, pluginConfig: unknown): PluginContext {
+    const host = this.host!
+    const declared = new Set(plugin.dependencies ?? [])
+    return {
+      name: plugin.name,
+      config: pluginConfig,
+      log: this.log.child({ plugin: plugin.name }),
+      brokerId: this.brokerId,
+      dataDir: resolve(this.config.dataDir),
+      backends: this.backends!.backends,
+      metrics: this.pluginMetrics(),
+      hook: (name: HookName, handler) => host.add(plugin.name, name, handler),
+      publish: (message) => this.publish(message),
+      deliver: (clientId, message) => this.deliver(clientId, message),
+      route: (options) => {
+        this.ops!.route(options)
+      },
+      readiness: (name, check) => {
+        this.extraChecks.set(`${plugin.name}:${name}`, check)
+      },
+      principal: (client) => host.principal(client),
+      dependency: (name) => {
+        if (!declared.has(name)) {
+          throw new Error(`plugin "${plugin.name}" uses "${name}" without declaring it as a dependency`)
+        }
+        return host.api(name) as never
+      }
+    }
+  }
+
+  private readinessChecks(): Map<string, () => Promise<void>> {
+    const checks = new Map(this.backends?.checks ?? [])
+    if (this.config.redis.url) {
+      checks.set('cluster', async () => {
+        const down = this.clusterRedis.filter((c) => c.status !== 'ready')
+        if (down.length) throw new Error(`${down.length} cluster connection(s) not ready`)
+        if (!this.aedes) throw new Error('broker not started')
+      })
+    }
+    for (const [k, v] of this.extraChecks) checks.set(k, v)
+    return checks
+  }
+
+  /** Graceful stop. Idempotent: a second call returns the first call's promise. */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop()
+    return this.stopping
+  }
+
+  private async doStop(): Promise<void> {
+    const log = this.log
+    this.accepting = false
+    log.info('stopping: no new connections')
+    for (const l of this.listeners) l.stopAccepting()
+    const aedes = this.aedes
+    if (aedes) {
+      log.info({ clients: aedes.connectedClients }, 'closing clients')
+      await new Promise<void>((resolve) => aedes.close(() => resolve()))
+    }
+    log.debug('stop: aedes closed')
+    await Promise.allSettled(this.listeners.map((l) => l.close()))
+    log.debug('stop: listeners closed')
+    await this.host?.shutdown()
+    log.debug('stop: plugins shut down')
+    const persistence = this.persistence
+    if (persistence) await persistence.destroy().catch((err: unknown) => log.warn({ err }, 'persistence destroy failed'))
+    log.debug('stop: persistence destroyed')
+    for (const c of this.clusterRedis) c.disconnect()
+    await this.backends?.close()
+    log.debug('stop: backends closed')
+    await this.ops?.close()
+    log.info('stopped')
+  }
+}

@@ -1,0 +1,384 @@
+// Loads plugins in dependency order and runs their hook chains for Aedes.
+// Rules (docs/plugins.md): handlers run in load order; authentication and authorization
+// fail closed (a throw, a timeout or an explicit no denies); notifications never block MQTT.
+import { isAbsolute, resolve } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import type { AedesOptions, AedesPublishPacket, Client, ConnectPacket, PublishPacket, Subscription } from 'aedes'
+import { z } from 'zod'
+import type { Logger } from './logger.js'
+import {
+  ConnackCode,
+  type HookHandlers,
+  type HookName,
+  type ParleyPlugin,
+  type PluginContext,
+  type Principal
+} from './plugin-api.js'
+import type { PluginEntry } from '../schemas/config.js'
+
+/** Topic prefixes only the broker itself may use. */
+export const RESERVED_PREFIXES = ['$SYS/', '$parley/'] as const
+
+export class PluginLoadError extends Error {
+  override name = 'PluginLoadError'
+}
+
+/** A plugin with the configuration section it was given. */
+export interface LoadedPlugin {
+  plugin: ParleyPlugin
+  rawConfig: Record<string, unknown> | undefined
+  /** Where it came from: a built-in name or a module path. */
+  source: string
+}
+
+const PluginShape = z.object({
+  name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { error: 'expected a lowercase name of letters, digits and -' }),
+  dependencies: z.array(z.string()).optional(),
+  register: z.custom<(...args: unknown[]) => unknown>((v) => typeof v === 'function', { error: 'expected a function' })
+})
+
+/** Imports every configured plugin: built-in names first, otherwise a module path (relative to baseDir). */
+export async function importPlugins(
+  entries: readonly PluginEntry[],
+  builtins: Readonly<Record<string, () => Promise<ParleyPlugin>>>,
+  baseDir: string
+): Promise<LoadedPlugin[]> {
+  const loaded: LoadedPlugin[] = []
+  for (const entry of entries) {
+    const use = typeof entry === 'string' ? entry : entry.use
+    const rawConfig = typeof entry === 'string' ? undefined : entry.config
+    let candidate: unknown
+    const builtin = builtins[use]
+    if (builtin) {
+      candidate = await builtin()
+    } else if (use.startsWith('.') || isAbsolute(use) || use.includes('/')) {
+      const url = use.startsWith('.') || isAbsolute(use) ? pathToFileURL(resolve(baseDir, use)).href : use
+      try {
+        const mod = (await import(url)) as { default?: unknown }
+        candidate = mod.default
+      } catch (err) {
+        throw new PluginLoadError(`cannot load plugin module "${use}": ${(err as Error).message}`)
+      }
+    } else {
+      const known = Object.keys(builtins).sort().join(', ') || '(none)'
+      throw new PluginLoadError(`unknown plugin "${use}"; built-in plugins are: ${known}; or give a module path`)
+    }
+    const shape = PluginShape.safeParse(candidate)
+    if (!shape.success) {
+      const why = shape.error.issues.map((i) => `${i.path.join('.') || 'export'}: ${i.message}`).join('; ')
+      throw new PluginLoadError(`"${use}" does not default-export a Parley plugin (${why})`)
+    }
+    loaded.push({ plugin: candidate as ParleyPlugin, rawConfig, source: use })
+  }
+  return loaded
+}
+
+/**
+ * Orders plugins so that each comes after its dependencies. Among plugins free to go,
+ * configuration order wins, so the order is deterministic. Refuses duplicates,
+ * missing dependencies and cycles with a message that names them.
+ */
+export function orderPlugins(plugins: readonly LoadedPlugin[]): LoadedPlugin[] {
+  const byName = new Map<string, LoadedPlugin>()
+  for (const p of plugins) {
+    if (byName.has(p.plugin.name)) throw new PluginLoadError(`plugin "${p.plugin.name}" is configured twice`)
+    byName.set(p.plugin.name, p)
+  }
+  for (const p of plugins) {
+    for (const dep of p.plugin.dependencies ?? []) {
+      if (!byName.has(dep)) {
+        throw new PluginLoadError(`plugin "${p.plugin.name}" depends on "${dep}", which is not loaded; add "${dep}" to plugins`)
+      }
+    }
+  }
+  const ordered: LoadedPlugin[] = []
+  const state = new Map<string, 'visiting' | 'done'>()
+  const visit = (p: LoadedPlugin, trail: string[]): void => {
+    const name = p.plugin.name
+    if (state.get(name) === 'done') return
+    if (state.get(name) === 'visiting') {
+      const cycle = [...trail.slice(trail.indexOf(name)), name].join(' -> ')
+      throw new PluginLoadError(`plugin dependency cycle: ${cycle}`)
+    }
+    state.set(name, 'visiting')
+    for (const dep of p.plugin.dependencies ?? []) visit(byName.get(dep)!, [...trail, name])
+    state.set(name, 'done')
+    ordered.push(p)
+  }
+  for (const p of plugins) visit(p, [])
+  return ordered
+}
+
+class HookTimeout extends Error {
+  override name = 'HookTimeout'
+}
+
+async function withTimeout<T>(work: Awaitable<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([
+      Promise.resolve(work),
+      new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => reject(new HookTimeout(`${what} did not answer within ${ms} ms`)), ms)
+      })
+    ])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+type Awaitable<T> = T | Promise<T>
+
+interface Registered<K extends HookName> {
+  plugin: string
+  handler: HookHandlers[K]
+}
+
+export interface PluginHostOptions {
+  log: Logger
+  hookTimeoutMs: number
+  allowAnonymous: boolean
+  /** Counts decisions for metrics: hook, plugin, outcome. */
+  onDecision?: (hook: HookName, plugin: string, outcome: 'deny' | 'error' | 'timeout') => void
+}
+
+type AuthError = Error & { returnCode: number }
+
+function authError(code: number, message: string): AuthError {
+  return Object.assign(new Error(message), { returnCode: code })
+}
+
+function isReserved(topic: string): boolean {
+  return RESERVED_PREFIXES.some((p) => topic.startsWith(p))
+}
+
+export class PluginHost {
+  private readonly handlers: { [K in HookName]: Registered<K>[] } = {
+    connect: [],
+    authenticate: [],
+    authorizePublish: [],
+    authorizeSubscribe: [],
+    authorizeForward: [],
+    published: [],
+    clientReady: [],
+    clientDisconnect: [],
+    deliveryAck: [],
+    subscribed: [],
+    unsubscribed: [],
+    shutdown: []
+  }
+  private readonly principals = new WeakMap<Client, Principal>()
+  private readonly apis = new Map<string, unknown>()
+  readonly order: string[] = []
+
+  constructor(private readonly opts: PluginHostOptions) {}
+
+  add<K extends HookName>(plugin: string, name: K, handler: HookHandlers[K]): void {
+    if (!(name in this.handlers)) throw new PluginLoadError(`plugin "${plugin}" registered an unknown hook "${String(name)}"`)
+    ;(this.handlers[name] as Registered<K>[]).push({ plugin, handler })
+  }
+
+  principal(client: Client): Principal | undefined {
+    return this.principals.get(client)
+  }
+
+  api(name: string): unknown {
+    return this.apis.get(name)
+  }
+
+  /**
+   * Registers the plugins in the given order. `makeContext` builds each plugin's context
+   * (the node supplies publishing, routes, metrics and backends).
+   */
+  async registerAll(
+    plugins: readonly LoadedPlugin[],
+    makeContext: (plugin: ParleyPlugin, config: unknown) => PluginContext
+  ): Promise<void> {
+    for (const { plugin, rawConfig } of plugins) {
+      let config: unknown = rawConfig ?? {}
+      if (plugin.configSchema) {
+        const parsed = plugin.configSchema.safeParse(rawConfig ?? {})
+        if (!parsed.success) {
+          const why = parsed.error.issues
+            .map((i) => `plugins.${plugin.name}.config${i.path.length ? '.' + i.path.join('.') : ''}: ${i.message}`)
+            .join('; ')
+          throw new PluginLoadError(`invalid configuration for plugin "${plugin.name}": ${why}`)
+        }
+        config = parsed.data
+      }
+      const api = await plugin.register(makeContext(plugin, config))
+      this.apis.set(plugin.name, api)
+      this.order.push(plugin.name)
+      this.opts.log.info({ plugin: plugin.name }, 'plugin registered')
+    }
+  }
+
+  /** The Aedes hook functions that run the chains. */
+  aedesHooks(): Pick<
+    AedesOptions,
+    'preConnect' | 'authenticate' | 'authorizePublish' | 'authorizeSubscribe' | 'authorizeForward' | 'published'
+  > {
+    return {
+      preConnect: (client, packet, done) => {
+        this.runConnect(client, packet).then(
+          () => done(null, true),
+          (err: Error) => done(err, false)
+        )
+      },
+      authenticate: (client, username, password, done) => {
+        this.runAuthenticate(client, { username, password }).then(
+          () => done(null, true),
+          (err: AuthError) => done(err, false)
+        )
+      },
+      authorizePublish: (client, packet, done) => {
+        // Only client publishes reach this hook; the broker's own are trusted.
+        if (!client) return done(null)
+        this.runAuthorizePublish(client, packet).then(
+          () => done(null),
+          (err: Error) => done(err)
+        )
+      },
+      authorizeSubscribe: (client, sub, done) => {
+        this.runAuthorizeSubscribe(client, sub).then(
+          (granted) => done(null, granted),
+          () => done(null, null)
+        )
+      },
+      authorizeForward: (client, packet) => this.runAuthorizeForward(client, packet),
+      published: (packet, client, done) => {
+        // Notification only: never hold up or fail the publish.
+        done()
+        // Aedes passes null for the broker's own publishes, whatever its types say.
+        if (this.handlers.published.length) void this.notify('published', packet, client)
+      }
+    }
+  }
+
+  private fail(hook: HookName, plugin: string, err: unknown): void {
+    const outcome = err instanceof HookTimeout ? 'timeout' : 'error'
+    this.opts.onDecision?.(hook, plugin, outcome)
+    this.opts.log.warn({ hook, plugin, err }, `plugin hook ${outcome}: denied (fail closed)`)
+  }
+
+  async runConnect(client: Client, packet: ConnectPacket): Promise<void> {
+    for (const { plugin, handler } of this.handlers.connect) {
+      try {
+        await withTimeout(handler(client, packet), this.opts.hookTimeoutMs, `${plugin}.connect`)
+      } catch (err) {
+        this.opts.onDecision?.('connect', plugin, 'deny')
+        this.opts.log.debug({ hook: 'connect', plugin, clientId: packet.clientId, reason: (err as Error).message }, 'connection refused')
+        throw err
+      }
+    }
+  }
+
+  async runAuthenticate(client: Client, credentials: { username?: string | undefined; password?: Buffer | undefined }): Promise<void> {
+    const creds = { username: credentials.username, password: credentials.password }
+    for (const { plugin, handler } of this.handlers.authenticate) {
+      let result
+      try {
+        result = await withTimeout(handler(client, creds), this.opts.hookTimeoutMs, `${plugin}.authenticate`)
+      } catch (err) {
+        this.fail('authenticate', plugin, err)
+        throw authError(ConnackCode.ServerUnavailable, 'authentication failed')
+      }
+      if (result === undefined) continue
+      if (result.ok) {
+        this.principals.set(client, { ...result.principal, anonymous: false })
+        return
+      }
+      this.opts.onDecision?.('authenticate', plugin, 'deny')
+      this.opts.log.info({ plugin, clientId: client.id, code: result.code, reason: result.reason }, 'connection refused')
+      throw authError(result.code, result.reason)
+    }
+    if (!this.opts.allowAnonymous) {
+      this.opts.log.info({ clientId: client.id }, 'connection refused: no plugin authenticated it and anonymous access is off')
+      throw authError(ConnackCode.NotAuthorized, 'not authorized')
+    }
+    this.principals.set(client, { subject: client.id, anonymous: true, attributes: {} })
+  }
+
+  async runAuthorizePublish(client: Client, packet: PublishPacket): Promise<void> {
+    if (isReserved(packet.topic)) throw new Error(`${packet.topic}: reserved topic`)
+    for (const { plugin, handler } of this.handlers.authorizePublish) {
+      let allowed
+      try {
+        allowed = await withTimeout(handler(client, packet), this.opts.hookTimeoutMs, `${plugin}.authorizePublish`)
+      } catch (err) {
+        this.fail('authorizePublish', plugin, err)
+        throw err
+      }
+      if (allowed === false) {
+        this.opts.onDecision?.('authorizePublish', plugin, 'deny')
+        throw new Error(`publish to ${packet.topic} denied by ${plugin}`)
+      }
+    }
+  }
+
+  async runAuthorizeSubscribe(client: Client, subscription: Subscription): Promise<Subscription | null> {
+    // Clients never see the broker's internal or $SYS traffic (it names other clients).
+    if (isReserved(subscription.topic)) return null
+    let current = subscription
+    for (const { plugin, handler } of this.handlers.authorizeSubscribe) {
+      let answer
+      try {
+        answer = await withTimeout(handler(client, current), this.opts.hookTimeoutMs, `${plugin}.authorizeSubscribe`)
+      } catch (err) {
+        this.fail('authorizeSubscribe', plugin, err)
+        return null
+      }
+      if (answer === null) {
+        this.opts.onDecision?.('authorizeSubscribe', plugin, 'deny')
+        return null
+      }
+      if (answer) current = answer
+    }
+    return current
+  }
+
+  runAuthorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+    let current = packet
+    for (const { plugin, handler } of this.handlers.authorizeForward) {
+      let answer
+      try {
+        answer = handler(client, current)
+      } catch (err) {
+        this.fail('authorizeForward', plugin, err)
+        return null
+      }
+      if (answer === null) return null
+      if (answer) current = answer
+    }
+    return current
+  }
+
+  /** Runs a notification hook: every handler, in order; errors are logged and never propagate. */
+  async notify<K extends Exclude<HookName, 'authorizeForward'>>(name: K, ...args: Parameters<HookHandlers[K]>): Promise<void> {
+    for (const { plugin, handler } of this.handlers[name] as Registered<K>[]) {
+      try {
+        await (handler as (...a: Parameters<HookHandlers[K]>) => unknown)(...args)
+      } catch (err) {
+        this.opts.log.error({ hook: name, plugin, err }, 'plugin hook failed')
+      }
+    }
+  }
+
+  hasHandlers(name: HookName): boolean {
+    return this.handlers[name].length > 0
+  }
+
+  /** Runs shutdown handlers in reverse load order, so dependants close before what they use. */
+  async shutdown(): Promise<void> {
+    for (const { plugin, handler } of [...this.handlers.shutdown].reverse()) {
+      try {
+        await handler()
+      } catch (err) {
+        this.opts.log.error({ hook: 'shutdown', plugin, err }, 'plugin shutdown failed')
+      }
+    }
+  }
+
+  forget(client: Client): void {
+    this.principals.delete(client)
+  }
+}

@@ -1,0 +1,13 @@
+// Built-in plugins by name. Each is imported only when configured.
+import type { ParleyPlugin } from '../broker/plugin-api.js'
+
+type Loader = () => Promise<ParleyPlugin>
+
+const load =
+  (importer: () => Promise<{ default: unknown }>): Loader =>
+  async () =>
+    (await importer()).default as ParleyPlugin
+
+export const builtinPlugins: Readonly<Record<string, Loader>> = {
+  'example-topic-guard': load(() => import('./example-topic-guard/index.js'))
+}

@@ -1,0 +1,254 @@
+// The single source of truth for every setting of a Parley node.
+// Defaults are the embedded mode: no Redis, MongoDB or S3 needed.
+// Values may come from a config file (typed) or from environment variables (strings),
+// so scalar fields accept both forms and coerce.
+import { z } from 'zod'
+
+/** A boolean that also accepts the strings an environment variable can carry. */
+const flag = z.union(
+  [
+    z.boolean(),
+    z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes')
+  ],
+  { error: 'expected a boolean (true, false, 1, 0, yes or no)' }
+)
+
+const int = (min: number, max: number) =>
+  z.coerce
+    .number({ error: `expected an integer between ${min} and ${max}` })
+    .int({ error: `expected an integer between ${min} and ${max}` })
+    .min(min, { error: `expected an integer between ${min} and ${max}` })
+    .max(max, { error: `expected an integer between ${min} and ${max}` })
+
+const port = int(0, 65535)
+const host = z.string().min(1, { error: 'expected a host name or IP address' })
+const filePath = z.string().min(1, { error: 'expected a file path' })
+
+/** Marks a field whose value must never be printed or logged. */
+export const secret = <T extends z.ZodType>(schema: T, description: string) =>
+  schema.meta({ secret: true, description })
+
+const tlsFiles = z
+  .object({
+    certFile: filePath.optional().describe('PEM certificate chain file'),
+    keyFile: filePath.optional().describe('PEM private key file'),
+    caFile: filePath.optional().describe('PEM CA bundle; when set, client certificates signed by it are requested'),
+    passphrase: secret(z.string().optional(), 'Passphrase of the private key')
+  })
+  .strict()
+
+const tcpListener = z
+  .object({
+    enabled: flag.default(true).describe('Accept MQTT over plain TCP'),
+    host: host.default('0.0.0.0').describe('Address to bind'),
+    port: port.default(1883).describe('TCP port')
+  })
+  .strict()
+
+const tlsListener = z
+  .object({
+    enabled: flag.optional().describe('Accept MQTT over TLS; defaults to on when certFile and keyFile are set'),
+    host: host.default('0.0.0.0').describe('Address to bind'),
+    port: port.default(8883).describe('TLS port'),
+    ...tlsFiles.shape
+  })
+  .strict()
+
+const wsListener = z
+  .object({
+    enabled: flag.default(true).describe('Accept MQTT over WebSocket'),
+    host: host.default('0.0.0.0').describe('Address to bind'),
+    port: port.default(8080).describe('WebSocket port'),
+    path: z
+      .string()
+      .regex(/^\/[^\s?#]*$/, { error: 'expected an absolute URL path such as /mqtt' })
+      .default('/mqtt')
+      .describe('URL path of the MQTT endpoint'),
+    ...tlsFiles.shape
+  })
+  .strict()
+
+const opsListener = z
+  .object({
+    enabled: flag.default(true).describe('Serve /healthz, /readyz, /metrics and plugin routes over HTTP'),
+    host: host.default('0.0.0.0').describe('Address to bind'),
+    port: port.default(9090).describe('HTTP port of the operations listener')
+  })
+  .strict()
+
+export const ConfigSchema = z
+  .object({
+    nodeName: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]{1,48}$/, { error: 'expected 1-48 characters of A-Z a-z 0-9 _ . -' })
+      .optional()
+      .describe('Human name of this node (default: host name); the broker id adds a unique suffix per start'),
+    dataDir: filePath.default('./data').describe('Directory for the embedded stores and generated secrets'),
+    log: z
+      .object({
+        level: z
+          .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+          .default('info')
+          .describe('Minimum level of log lines (JSON on stdout)')
+      })
+      .strict()
+      .prefault({}),
+    listeners: z
+      .object({
+        tcp: tcpListener.prefault({}),
+        tls: tlsListener.prefault({}),
+        ws: wsListener.prefault({}),
+        ops: opsListener.prefault({})
+      })
+      .strict()
+      .prefault({}),
+    mqtt: z
+      .object({
+        heartbeatIntervalMs: int(500, 600_000)
+          .default(2000)
+          .describe('Cluster heartbeat; wills of a dead node are sent after about 4x this'),
+        connectTimeoutMs: int(1000, 120_000).default(10_000).describe('Time a socket may take to send CONNECT'),
+        keepaliveLimit: int(0, 65535).default(0).describe('Largest keepalive (s) a client may ask for; 0 = no limit'),
+        maxClientIdLength: int(1, 65535).default(128).describe('Longest client id accepted'),
+        concurrency: int(1, 10_000).default(100).describe('Parallel deliveries of the message emitter'),
+        maxTopicLevels: int(1, 100).default(16).describe('Deepest topic accepted'),
+        hookTimeoutMs: int(10, 120_000)
+          .default(5000)
+          .describe('Longest a plugin may take to answer a connect or authorize hook before it is denied'),
+        allowAnonymous: flag
+          .default(true)
+          .describe('Accept connections that no authentication plugin vouches for (embedded development default)')
+      })
+      .strict()
+      .prefault({}),
+    redis: z
+      .object({
+        url: secret(
+          z.url({ protocol: /^rediss?$/, error: 'expected a redis:// or rediss:// URL' }).optional(),
+          'Redis URL; when set, nodes cluster through Redis (env REDIS_URL)'
+        ),
+        keyPrefix: z.string().default('parley:').describe('Prefix of the keys Parley itself writes')
+      })
+      .strict()
+      .prefault({}),
+    mongo: z
+      .object({
+        url: secret(
+          z.url({ protocol: /^mongodb(\+srv)?$/, error: 'expected a mongodb:// URL' }).optional(),
+          'MongoDB URL; when set, stores use MongoDB (env MONGO_URL)'
+        ),
+        database: z.string().min(1).default('parley').describe('Database name (env MONGO_DATABASE)')
+      })
+      .strict()
+      .prefault({}),
+    s3: z
+      .object({
+        endpoint: z
+          .url({ protocol: /^https?$/, error: 'expected an http:// or https:// URL' })
+          .optional()
+          .describe('S3 endpoint; when set, media uses S3/MinIO (env S3_ENDPOINT)'),
+        region: z.string().default('us-east-1').describe('S3 region (env S3_REGION)'),
+        bucket: z
+          .string()
+          .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, { error: 'expected a valid S3 bucket name' })
+          .default('parley-media')
+          .describe('Bucket for media objects (env S3_BUCKET)'),
+        accessKey: secret(z.string().optional(), 'S3 access key (env S3_ACCESS_KEY)'),
+        secretKey: secret(z.string().optional(), 'S3 secret key (env S3_SECRET_KEY)')
+      })
+      .strict()
+      .prefault({}),
+    shutdown: z
+      .object({
+        timeoutMs: int(100, 300_000).default(10_000).describe('Longest graceful stop before the process exits anyway')
+      })
+      .strict()
+      .prefault({}),
+    plugins: z
+      .array(
+        z.union(
+          [
+            z.string().min(1),
+            z
+              .object({
+                use: z.string().min(1).describe('Built-in plugin name or module path'),
+                config: z.record(z.string(), z.unknown()).optional().describe('The plugin\'s own settings')
+              })
+              .strict()
+          ],
+          { error: 'expected a plugin name, a module path, or { use, config }' }
+        )
+      )
+      .default([])
+      .describe('Plugins to load, by built-in name or module path (env PARLEY_PLUGINS, comma separated)')
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    for (const [name, l] of [
+      ['tls', cfg.listeners.tls],
+      ['ws', cfg.listeners.ws]
+    ] as const) {
+      if (Boolean(l.certFile) !== Boolean(l.keyFile)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listeners', name, l.certFile ? 'keyFile' : 'certFile'],
+          message: 'certFile and keyFile must be set together'
+        })
+      }
+    }
+    if (cfg.listeners.tls.enabled === true && !cfg.listeners.tls.certFile) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['listeners', 'tls', 'certFile'],
+        message: 'the TLS listener is enabled but no certFile/keyFile is set'
+      })
+    }
+    if (cfg.s3.endpoint && (!cfg.s3.accessKey || !cfg.s3.secretKey)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['s3', cfg.s3.accessKey ? 'secretKey' : 'accessKey'],
+        message: 's3.endpoint needs both accessKey and secretKey'
+      })
+    }
+    const ports = new Map<number, string>()
+    for (const [name, l] of Object.entries(cfg.listeners)) {
+      const on = name === 'tls' ? (l.enabled ?? Boolean(cfg.listeners.tls.certFile)) : l.enabled
+      if (!on || l.port === 0) continue
+      const other = ports.get(l.port)
+      if (other) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['listeners', name, 'port'],
+          message: `port ${l.port} is already used by the ${other} listener`
+        })
+      }
+      ports.set(l.port, name)
+    }
+  })
+
+/** What a config file or the environment may contain (before defaults). */
+export type ConfigInput = z.input<typeof ConfigSchema>
+/** The effective, validated configuration. */
+export type Config = z.output<typeof ConfigSchema>
+export type PluginEntry = Config['plugins'][number]
+
+/**
+ * The conventional environment variables understood besides PARLEY_*.
+ * Each maps to one config path.
+ */
+export const CONVENTIONAL_ENV: Readonly<Record<string, readonly string[]>> = {
+  REDIS_URL: ['redis', 'url'],
+  MONGO_URL: ['mongo', 'url'],
+  MONGO_DATABASE: ['mongo', 'database'],
+  S3_ENDPOINT: ['s3', 'endpoint'],
+  S3_REGION: ['s3', 'region'],
+  S3_BUCKET: ['s3', 'bucket'],
+  S3_ACCESS_KEY: ['s3', 'accessKey'],
+  S3_SECRET_KEY: ['s3', 'secretKey'],
+  LOG_LEVEL: ['log', 'level']
+}
+
+/** Whether the TLS listener runs: explicitly enabled, or certificate and key given. */
+export function tlsListenerEnabled(cfg: Config): boolean {
+  return cfg.listeners.tls.enabled ?? Boolean(cfg.listeners.tls.certFile && cfg.listeners.tls.keyFile)
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env node
+// The `parley` command: start a node, show the effective configuration.
+import { dirname, resolve } from 'node:path'
+import { Command, CommanderError } from 'commander'
+import { formatProblems, loadConfig, redactConfig } from '../broker/config.js'
+import { createLogger } from '../broker/logger.js'
+import { BrokerNode } from '../broker/node.js'
+import type { Config } from '../schemas/config.js'
+
+/** Exit codes, documented in the README. */
+export const EXIT = { ok: 0, failure: 1, usage: 2, config: 78 } as const
+
+function configOrExit(file: string | undefined): { config: Config; baseDir: string } {
+  const result = loadConfig({ file })
+  if (!result.ok) {
+    process.stderr.write(formatProblems(result.problems) + '\n')
+    process.exit(EXIT.config)
+  }
+  const source = file ?? process.env.PARLEY_CONFIG
+  return { config: result.config, baseDir: source ? dirname(resolve(source)) : process.cwd() }
+}
+
+async function start(options: { config?: string }): Promise<void> {
+  const { config, baseDir } = configOrExit(options.config)
+  const log = createLogger(config.log.level)
+  const node = new BrokerNode({ config, log, baseDir })
+
+  let signals = 0
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++
+    if (signals > 1) {
+      log.warn({ signal }, 'second signal: exiting now')
+      process.exit(EXIT.failure)
+    }
+    log.info({ signal }, 'graceful stop requested')
+    const timer = setTimeout(() => {
+      log.error({ timeoutMs: config.shutdown.timeoutMs }, 'graceful stop timed out: exiting anyway')
+      process.exit(EXIT.failure)
+    }, config.shutdown.timeoutMs)
+    timer.unref()
+    node.stop().then(
+      () => process.exit(EXIT.ok),
+      (err: unknown) => {
+        log.error({ err }, 'error while stopping')
+        process.exit(EXIT.failure)
+      }
+    )
+  }
+  process.on('SIGTERM', onSignal)
+  process.on('SIGINT', onSignal)
+
+  try {
+    await node.start()
+  } catch (err) {
+    log.fatal({ err }, 'cannot start')
+    await node.stop().catch(() => undefined)
+    process.exit(EXIT.failure)
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command()
+    .name('parley')
+    .description('Parley: an MQTT messaging broker for mobile chat')
+    .showHelpAfterError()
+    .exitOverride()
+
+  program
+    .command('start')
+    .description('run a broker node (embedded defaults unless configured otherwise)')
+    .option('-c, --config <file>', 'YAML or JSON configuration file (also PARLEY_CONFIG)')
+    .action(start)
+
+  program
+    .command('config')
+    .description('print the effective configuration, secrets redacted, and exit')
+    .option('-c, --config <file>', 'YAML or JSON configuration file (also PARLEY_CONFIG)')
+    .action((options: { config?: string }) => {
+      const { config } = configOrExit(options.config)
+      process.stdout.write(JSON.stringify(redactConfig(config), null, 2) + '\n')
+    })
+
+  return program
+}
+
+async function main(): Promise<void> {
+  try {
+    await buildProgram().parseAsync(process.argv)
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exit(err.exitCode === 0 ? EXIT.ok : EXIT.usage)
+    }
+    throw err
+  }
+}
+
+await main()

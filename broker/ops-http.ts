@@ -1,6 +1,6 @@
 // The operations HTTP listener: liveness, readiness, Prometheus metrics, and plugin routes.
 // Fastify gives routing, JSON and schema hooks that the admin API will build on.
-import Fastify, { LogController, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Registry } from 'prom-client'
 import type { Logger } from './logger.js'
 
@@ -44,7 +44,9 @@ export function createOpsServer(opts: {
   registry: Registry
   readiness: Readiness
 }): FastifyInstance {
-  const app = Fastify({ loggerInstance: opts.log.child({ component: 'ops-http' }), logController: new LogController({ disableRequestLogging: true }) })
+  // Typed as Fastify's logger so the instance keeps Fastify's default generics.
+  const loggerInstance: FastifyBaseLogger = opts.log.child({ component: 'ops-http' })
+  const app = Fastify({ loggerInstance, logController: new LogController({ disableRequestLogging: true }) })
   const startedAt = Date.now()
 
   app.get('/healthz', async () => ({

@@ -1,0 +1,41 @@
+// `npm test` after lint and type-check: starts the real services (scripts/services.ts),
+// then runs every *.test.ts under test/ and plugins/ with Node's test runner.
+//   --unit   only the tests that need no services (test/unit and plugins' unit tests)
+import { spawn } from 'node:child_process'
+import { readdirSync } from 'node:fs'
+import { join, relative } from 'node:path'
+import { startServices, type RunningServices } from './services.js'
+
+const root = join(import.meta.dirname, '..')
+const unitOnly = process.argv.includes('--unit')
+
+function testFiles(dir: string): string[] {
+  return readdirSync(join(root, dir), { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile() && e.name.endsWith('.test.ts'))
+    .map((e) => relative(root, join(e.parentPath, e.name)))
+    .filter((f) => !f.includes('node_modules'))
+    .sort()
+}
+
+const all = [...testFiles('test'), ...testFiles('plugins')]
+const files = unitOnly ? all.filter((f) => f.startsWith('test/unit/') || /plugins\/[^/]+\/test\/unit\//.test(f)) : all
+
+let services: RunningServices | undefined
+if (!unitOnly) {
+  const started = Date.now()
+  services = await startServices()
+  for (const line of services.report) process.stderr.write(`[services] ${line}\n`)
+  process.stderr.write(`[services] ready in ${((Date.now() - started) / 1000).toFixed(1)} s\n`)
+}
+
+const code = await new Promise<number>((resolve) => {
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=180000', ...files],
+    { cwd: root, stdio: 'inherit', env: { ...process.env, ...services?.env } }
+  )
+  child.on('exit', (c, signal) => resolve(c ?? (signal ? 1 : 0)))
+})
+
+await services?.stop()
+process.exit(code)

@@ -1,0 +1,67 @@
+// In-process broker nodes for tests that need to reach inside (plugins, hooks).
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
+import { createLogger } from '../../broker/logger.js'
+import { BrokerNode } from '../../broker/node.js'
+import type { ParleyPlugin } from '../../broker/plugin-api.js'
+import { ConfigSchema, type ConfigInput } from '../../schemas/config.js'
+
+export interface TestNode {
+  node: BrokerNode
+  tcp: number
+  ops: number
+  ws: number
+  mqttUrl: string
+  stop(): Promise<void>
+}
+
+export async function startNode(
+  input: ConfigInput = {},
+  extraBuiltins: Record<string, () => Promise<ParleyPlugin>> = {}
+): Promise<TestNode> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'parley-node-'))
+  const config = ConfigSchema.parse({
+    dataDir,
+    log: { level: process.env.TEST_LOG_LEVEL ?? 'silent' },
+    ...input,
+    listeners: {
+      tcp: { host: '127.0.0.1', port: 0 },
+      ws: { host: '127.0.0.1', port: 0 },
+      ops: { host: '127.0.0.1', port: 0 },
+      ...input.listeners
+    }
+  })
+  const node = new BrokerNode({ config, log: createLogger(config.log.level), extraBuiltins })
+  await node.start()
+  const port = (name: string) => node.addresses().find((a) => a.name === name)?.port ?? -1
+  return {
+    node,
+    tcp: port('tcp'),
+    ops: port('ops'),
+    ws: port('ws'),
+    mqttUrl: `mqtt://127.0.0.1:${port('tcp')}`,
+    stop: async () => {
+      await node.stop()
+      rmSync(dataDir, { recursive: true, force: true })
+    }
+  }
+}
+
+/** Connects an mqtt.js client and fails fast instead of retrying. */
+export async function connectClient(url: string, options: IClientOptions = {}): Promise<MqttClient> {
+  return mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 5000, ...options })
+}
+
+/** Resolves with the next message on a client (optionally only on one topic). */
+export function nextMessage(client: MqttClient, topic?: string): Promise<{ topic: string; payload: string }> {
+  return new Promise((resolve) => {
+    const onMessage = (t: string, payload: Buffer) => {
+      if (topic && t !== topic) return
+      client.off('message', onMessage)
+      resolve({ topic: t, payload: payload.toString() })
+    }
+    client.on('message', onMessage)
+  })
+}

@@ -1,0 +1,130 @@
+// Two broker processes clustered through a real Redis (mqemitter-redis + aedes-persistence-redis).
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { after, before, describe, it } from 'node:test'
+import mqtt from 'mqtt'
+import { definePlugin } from '../../broker/plugin-api.js'
+import { startBroker, type BrokerProcess } from '../helpers/broker-process.js'
+import { connectClient, nextMessage, startNode, type TestNode } from '../helpers/node.js'
+import { redisDb } from '../helpers/services.js'
+
+const uid = () => randomBytes(4).toString('hex')
+
+describe('two broker processes over Redis', () => {
+  const redisUrl = redisDb(1)
+  let a: BrokerProcess
+  let b: BrokerProcess
+  before(async () => {
+    ;[a, b] = await Promise.all([
+      startBroker({ env: { REDIS_URL: redisUrl, PARLEY_NODE_NAME: 'node-a' } }),
+      startBroker({ env: { REDIS_URL: redisUrl, PARLEY_NODE_NAME: 'node-b' } })
+    ])
+  })
+  after(async () => {
+    await Promise.all([a.stop(), b.stop()])
+  })
+
+  it('are ready only with their cluster connections up, and say so', async () => {
+    for (const node of [a, b]) {
+      const res = await fetch(`http://127.0.0.1:${node.ports.ops}/readyz`)
+      const body = (await res.json()) as { status: string; checks: Record<string, { ok: boolean }> }
+      assert.equal(res.status, 200, JSON.stringify(body))
+      assert.equal(body.checks.redis?.ok, true)
+      assert.equal(body.checks.cluster?.ok, true)
+    }
+    assert.notEqual(a.brokerId, b.brokerId)
+  })
+
+  it('deliver a message published on one node to a subscriber on the other, both ways', async () => {
+    const t = `cluster/${uid()}`
+    const onA = await connectClient(`mqtt://127.0.0.1:${a.ports.tcp}`, { clientId: `a-${uid()}` })
+    const onB = await connectClient(`ws://127.0.0.1:${b.ports.ws}/mqtt`, { clientId: `b-${uid()}` })
+    await onA.subscribeAsync(`${t}/to-a`, { qos: 1 })
+    await onB.subscribeAsync(`${t}/to-b`, { qos: 1 })
+    const gotA = nextMessage(onA)
+    await onB.publishAsync(`${t}/to-a`, 'from b', { qos: 1 })
+    assert.deepEqual(await gotA, { topic: `${t}/to-a`, payload: 'from b' })
+    const gotB = nextMessage(onB)
+    await onA.publishAsync(`${t}/to-b`, 'from a', { qos: 1 })
+    assert.deepEqual(await gotB, { topic: `${t}/to-b`, payload: 'from a' })
+    await Promise.all([onA.endAsync(), onB.endAsync()])
+  })
+
+  it('keep a persistent session in Redis: queued on one node, delivered on reconnect to the other', async () => {
+    const clientId = `persistent-${uid()}`
+    const topic = `queue/${uid()}`
+    const first = await connectClient(`mqtt://127.0.0.1:${a.ports.tcp}`, { clientId, clean: false })
+    await first.subscribeAsync(topic, { qos: 1 })
+    await first.endAsync()
+
+    const pub = await connectClient(`mqtt://127.0.0.1:${b.ports.tcp}`, { clientId: `pub-${uid()}` })
+    await pub.publishAsync(topic, 'while you were away', { qos: 1 })
+    await pub.endAsync()
+
+    // Listen before connecting: the queued message may arrive right after CONNACK.
+    const again = mqtt.connect(`mqtt://127.0.0.1:${b.ports.tcp}`, { clientId, clean: false, manualConnect: true, reconnectPeriod: 0 })
+    const got = nextMessage(again)
+    const connack = new Promise<boolean>((resolve) => again.once('connect', (p) => resolve(p.sessionPresent)))
+    again.connect()
+    assert.equal(await connack, true, 'the session is known on the other node')
+    assert.deepEqual(await got, { topic, payload: 'while you were away' })
+    await again.endAsync()
+  })
+
+  it('close the old connection when the same client id connects to another node', async () => {
+    const clientId = `takeover-${uid()}`
+    const old = await connectClient(`mqtt://127.0.0.1:${a.ports.tcp}`, { clientId })
+    const oldClosed = new Promise<void>((resolve) => old.once('close', () => resolve()))
+    const fresh = await connectClient(`mqtt://127.0.0.1:${b.ports.tcp}`, { clientId })
+    await oldClosed
+    assert.equal(fresh.connected, true)
+    old.end(true)
+    await fresh.endAsync()
+  })
+})
+
+describe('plugin deliver() across nodes', () => {
+  let a: TestNode
+  let b: TestNode
+  let sendFromB: (clientId: string, payload: string) => Promise<string>
+  before(async () => {
+    const redis = { url: redisDb(3) }
+    a = await startNode({ redis })
+    const courier = definePlugin({
+      name: 'courier',
+      register: (ctx) => {
+        sendFromB = (clientId, payload) => ctx.deliver(clientId, { topic: `direct/${clientId}`, payload, qos: 1 })
+      }
+    })
+    b = await startNode({ redis, plugins: ['courier'] }, { courier: async () => courier })
+  })
+  after(async () => {
+    await Promise.all([a.stop(), b.stop()])
+  })
+
+  it('reaches a client connected to another node, and only that client', async () => {
+    const target = `target-${uid()}`
+    const bystander = `bystander-${uid()}`
+    const onA = await connectClient(a.mqttUrl, { clientId: target })
+    const other = await connectClient(a.mqttUrl, { clientId: bystander })
+    await onA.subscribeAsync(`direct/${target}`, { qos: 1 })
+    await other.subscribeAsync('#', { qos: 1 })
+    let bystanderGot = 0
+    other.on('message', () => bystanderGot++)
+    // deliver() sends to the client itself, whatever it subscribed to.
+    const got = nextMessage(onA)
+    assert.equal(await sendFromB(target, 'just for you'), 'forwarded')
+    assert.deepEqual(await got, { topic: `direct/${target}`, payload: 'just for you' })
+
+    const local = await connectClient(b.mqttUrl, { clientId: `local-${uid()}` })
+    const gotLocal = nextMessage(local)
+    assert.equal(await sendFromB(local.options.clientId!, 'same node'), 'local')
+    assert.equal((await gotLocal).payload, 'same node')
+    // A marker through normal publish proves the bystander's subscription works and came after.
+    const marker = nextMessage(other, 'marker')
+    await local.publishAsync('marker', 'm', { qos: 1 })
+    await marker
+    assert.equal(bystanderGot, 1, 'the bystander saw only the marker, not the direct deliveries')
+    await Promise.all([onA.endAsync(), other.endAsync(), local.endAsync()])
+  })
+})

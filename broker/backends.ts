@@ -48,7 +48,7 @@ export function newRedis(url: string, name: string, log: Logger): Redis {
 }
 
 export function openBackends(config: Config, log: Logger): BackendSet {
-  const backends: Backends = {}
+  const backends: Backends = { redisKeyPrefix: config.redis.keyPrefix }
   const checks = new Map<string, () => Promise<void>>()
   const closers: Array<() => Promise<void>> = []
 

@@ -134,6 +134,13 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv } =
   }
   const fromEnv = configFromEnv(env)
   const merged = mergeConfig(fileTree, fromEnv.tree)
+  // PARLEY_PLUGINS chooses which plugins run; a plugin the file also configures keeps its section.
+  const envPlugins: unknown = fromEnv.tree.plugins
+  const filePlugins: unknown = fileTree.plugins
+  if (Array.isArray(envPlugins) && Array.isArray(filePlugins)) {
+    const fileEntries = new Map<unknown, unknown>(filePlugins.filter(isTree).map((entry) => [entry.use, entry]))
+    merged.plugins = envPlugins.map((name: unknown) => fileEntries.get(name) ?? name)
+  }
   const result = ConfigSchema.safeParse(merged)
   if (result.success) return { ok: true, config: result.data }
   return { ok: false, problems: problemsFromZod(result.error, fromEnv.sources, file ? `file ${file}` : undefined) }

@@ -22,8 +22,11 @@ import { createOpsServer } from './ops-http.js'
 import type { DeliveryRoute, HookName, ParleyPlugin, PluginContext, PluginMetrics, PublishOptions } from './plugin-api.js'
 import { PluginHost, importPlugins, orderPlugins } from './plugin-host.js'
 
-/** Internal topic on which a node asks the node holding a client to deliver to it. */
-const DELIVER_PREFIX = '$parley/deliver/'
+/**
+ * Internal topic on which a node asks the node holding a client to deliver to it. One topic for
+ * all clients: client ids may contain '/', so they travel in the packet, not in the topic.
+ */
+const DELIVER_TOPIC = '$parley/deliver'
 
 type Packet = Parameters<Aedes['publish']>[0]
 
@@ -48,7 +51,18 @@ interface DeliverPacket {
   topic: string
   payload: Buffer
   origin: string
+  clientId: string
   target: { topic: string; qos: 0 | 1; retain: boolean }
+}
+
+function isDeliverPacket(p: Partial<DeliverPacket>): p is DeliverPacket {
+  return (
+    typeof p.clientId === 'string' &&
+    typeof p.origin === 'string' &&
+    typeof p.target?.topic === 'string' &&
+    (p.target.qos === 0 || p.target.qos === 1) &&
+    p.payload !== undefined
+  )
 }
 
 export interface ListenerAddress {
@@ -243,17 +257,20 @@ export class BrokerNode {
     const internals = aedes as unknown as AedesInternals
     await new Promise<void>((resolve) => {
       internals.mq.on(
-        `${DELIVER_PREFIX}+`,
+        DELIVER_TOPIC,
         (packet, cb) => {
           cb()
+          if (!isDeliverPacket(packet)) {
+            this.log.warn('malformed internal delivery ignored')
+            return
+          }
           if (packet.origin === this.brokerId) return
-          const clientId = packet.topic.slice(DELIVER_PREFIX.length)
-          const client = internals.clients[clientId]
+          const client = internals.clients[packet.clientId]
           if (!client?.connected) return
           client.publish(
             { cmd: 'publish', topic: packet.target.topic, payload: Buffer.from(packet.payload), qos: packet.target.qos, retain: packet.target.retain, dup: false },
             (err) => {
-              if (err) this.log.warn({ clientId, err: err.message }, 'forwarded delivery failed')
+              if (err) this.log.warn({ clientId: packet.clientId, err: err.message }, 'forwarded delivery failed')
             }
           )
         },
@@ -298,9 +315,10 @@ export class BrokerNode {
     await new Promise<void>((resolve, reject) =>
       internals.mq.emit(
         {
-          topic: DELIVER_PREFIX + clientId,
+          topic: DELIVER_TOPIC,
           payload,
           origin: this.brokerId,
+          clientId,
           target: { topic: message.topic, qos, retain: message.retain ?? false }
         },
         (err) => (err ? reject(err) : resolve())
@@ -382,6 +400,8 @@ export class BrokerNode {
     log.debug('stop: aedes closed')
     await Promise.allSettled(this.listeners.map((l) => l.close()))
     log.debug('stop: listeners closed')
+    // clientDisconnect handlers of the clients just closed finish before plugins shut down.
+    await this.host?.settle()
     await this.host?.shutdown()
     log.debug('stop: plugins shut down')
     const persistence = this.persistence

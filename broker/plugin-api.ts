@@ -82,7 +82,7 @@ export interface HookHandlers {
   clientDisconnect: (client: Client) => Awaitable<void>
   /** A subscriber acknowledged a QoS 1/2 delivery (PUBACK / PUBCOMP). */
   deliveryAck: (client: Client, packet: PublishPacket | PubrelPacket | undefined) => Awaitable<void>
-  /** Subscriptions were granted. */
+  /** A SUBSCRIBE was answered. Refused filters are included with qos 128. */
   subscribed: (client: Client, subscriptions: Subscription[]) => Awaitable<void>
   /** Topics were unsubscribed. */
   unsubscribed: (client: Client, topics: string[]) => Awaitable<void>
@@ -95,6 +95,8 @@ export type HookName = keyof HookHandlers
 export interface Backends {
   /** A general-purpose Redis connection (separate from the MQTT emitter's and persistence's). */
   redis?: Redis
+  /** Prefix for every key a plugin writes to that Redis (config redis.keyPrefix). */
+  redisKeyPrefix: string
   /** The configured MongoDB database. */
   mongo?: Db
   /** The S3 / MinIO client and the configured bucket. */

@@ -1,7 +1,9 @@
 // Loads plugins in dependency order and runs their hook chains for Aedes.
 // Rules (docs/plugins.md): handlers run in load order; authentication and authorization
 // fail closed (a throw, a timeout or an explicit no denies); notifications never block MQTT.
-import { isAbsolute, resolve } from 'node:path'
+import { existsSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { isAbsolute, join, resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import type { AedesOptions, AedesPublishPacket, Client, ConnectPacket, PublishPacket, Subscription } from 'aedes'
 import { z } from 'zod'
@@ -37,7 +39,23 @@ const PluginShape = z.object({
   register: z.custom<(...args: unknown[]) => unknown>((v) => typeof v === 'function', { error: 'expected a function' })
 })
 
-/** Imports every configured plugin: built-in names first, otherwise a module path (relative to baseDir). */
+/**
+ * Where a third-party plugin lives: a file path (relative to baseDir, the config file's directory)
+ * or an npm package installed where the config file is. Undefined when neither exists.
+ */
+function resolvePluginModule(use: string, baseDir: string): string | undefined {
+  if (use.startsWith('.') || isAbsolute(use)) {
+    const file = resolve(baseDir, use)
+    return existsSync(file) ? pathToFileURL(file).href : undefined
+  }
+  try {
+    return pathToFileURL(createRequire(join(baseDir, 'package.json')).resolve(use)).href
+  } catch {
+    return undefined
+  }
+}
+
+/** Imports every configured plugin: built-in names first, then files and installed packages. */
 export async function importPlugins(
   entries: readonly PluginEntry[],
   builtins: Readonly<Record<string, () => Promise<ParleyPlugin>>>,
@@ -51,17 +69,20 @@ export async function importPlugins(
     const builtin = builtins[use]
     if (builtin) {
       candidate = await builtin()
-    } else if (use.startsWith('.') || isAbsolute(use) || use.includes('/')) {
-      const url = use.startsWith('.') || isAbsolute(use) ? pathToFileURL(resolve(baseDir, use)).href : use
+    } else {
+      const url = resolvePluginModule(use, baseDir)
+      if (!url) {
+        const known = Object.keys(builtins).sort().join(', ') || '(none)'
+        throw new PluginLoadError(
+          `unknown plugin "${use}": not a built-in (${known}), not a file, and no installed package of that name`
+        )
+      }
       try {
         const mod = (await import(url)) as { default?: unknown }
         candidate = mod.default
       } catch (err) {
         throw new PluginLoadError(`cannot load plugin module "${use}": ${(err as Error).message}`)
       }
-    } else {
-      const known = Object.keys(builtins).sort().join(', ') || '(none)'
-      throw new PluginLoadError(`unknown plugin "${use}"; built-in plugins are: ${known}; or give a module path`)
     }
     const shape = PluginShape.safeParse(candidate)
     if (!shape.success) {
@@ -167,6 +188,8 @@ export class PluginHost {
     shutdown: []
   }
   private readonly principals = new WeakMap<Client, Principal>()
+  /** Notification hooks still running, so a stop can wait for them before shutdown hooks. */
+  private readonly pending = new Set<Promise<void>>()
   private readonly apis = new Map<string, unknown>()
   readonly order: string[] = []
 
@@ -193,18 +216,20 @@ export class PluginHost {
     plugins: readonly LoadedPlugin[],
     makeContext: (plugin: ParleyPlugin, config: unknown) => PluginContext
   ): Promise<void> {
-    for (const { plugin, rawConfig } of plugins) {
-      let config: unknown = rawConfig ?? {}
-      if (plugin.configSchema) {
-        const parsed = plugin.configSchema.safeParse(rawConfig ?? {})
-        if (!parsed.success) {
-          const why = parsed.error.issues
-            .map((i) => `plugins.${plugin.name}.config${i.path.length ? '.' + i.path.join('.') : ''}: ${i.message}`)
-            .join('; ')
-          throw new PluginLoadError(`invalid configuration for plugin "${plugin.name}": ${why}`)
-        }
-        config = parsed.data
+    // Every plugin's configuration is checked before any plugin registers.
+    const configs = plugins.map(({ plugin, rawConfig }) => {
+      if (!plugin.configSchema) return rawConfig ?? {}
+      const parsed = plugin.configSchema.safeParse(rawConfig ?? {})
+      if (!parsed.success) {
+        const why = parsed.error.issues
+          .map((i) => `plugins.${plugin.name}.config${i.path.length ? '.' + i.path.join('.') : ''}: ${i.message}`)
+          .join('; ')
+        throw new PluginLoadError(`invalid configuration for plugin "${plugin.name}": ${why}`)
       }
+      return parsed.data
+    })
+    for (const [i, { plugin }] of plugins.entries()) {
+      const config = configs[i]
       const api = await plugin.register(makeContext(plugin, config))
       this.apis.set(plugin.name, api)
       this.order.push(plugin.name)
@@ -225,13 +250,15 @@ export class PluginHost {
         )
       },
       authenticate: (client, username, password, done) => {
-        this.runAuthenticate(client, { username, password }).then(
+        // Aedes has stored the CONNECT's will on the client before it authenticates.
+        const will = (client as Client & { _will?: PublishPacket | null })._will ?? undefined
+        this.runAuthenticate(client, { username, password }, will).then(
           () => done(null, true),
           (err: AuthError) => done(err, false)
         )
       },
       authorizePublish: (client, packet, done) => {
-        // Only client publishes reach this hook; the broker's own are trusted.
+        // Without a client this is the will of a client whose node died: it was authorized at CONNECT.
         if (!client) return done(null)
         this.runAuthorizePublish(client, packet).then(
           () => done(null),
@@ -272,7 +299,30 @@ export class PluginHost {
     }
   }
 
-  async runAuthenticate(client: Client, credentials: { username?: string | undefined; password?: Buffer | undefined }): Promise<void> {
+  /**
+   * Establishes the principal, then authorizes the will (if any) like a publish, so a will can
+   * never reach a topic its client could not publish to (wills of dead nodes are sent without a client).
+   */
+  async runAuthenticate(
+    client: Client,
+    credentials: { username?: string | undefined; password?: Buffer | undefined },
+    will?: PublishPacket
+  ): Promise<void> {
+    await this.establishPrincipal(client, credentials)
+    if (!will) return
+    try {
+      await this.runAuthorizePublish(client, will)
+    } catch (err) {
+      this.principals.delete(client)
+      this.opts.log.info({ clientId: client.id, topic: will.topic, reason: (err as Error).message }, 'connection refused: will not authorized')
+      throw authError(ConnackCode.NotAuthorized, `will topic not authorized: ${will.topic}`)
+    }
+  }
+
+  private async establishPrincipal(
+    client: Client,
+    credentials: { username?: string | undefined; password?: Buffer | undefined }
+  ): Promise<void> {
     const creds = { username: credentials.username, password: credentials.password }
     for (const { plugin, handler } of this.handlers.authenticate) {
       let result
@@ -353,7 +403,22 @@ export class PluginHost {
   }
 
   /** Runs a notification hook: every handler, in order; errors are logged and never propagate. */
-  async notify<K extends Exclude<HookName, 'authorizeForward'>>(name: K, ...args: Parameters<HookHandlers[K]>): Promise<void> {
+  notify<K extends Exclude<HookName, 'authorizeForward'>>(name: K, ...args: Parameters<HookHandlers[K]>): Promise<void> {
+    const run = this.runNotification(name, ...args)
+    this.pending.add(run)
+    void run.finally(() => this.pending.delete(run))
+    return run
+  }
+
+  /** Resolves when every notification hook started so far has finished. */
+  async settle(): Promise<void> {
+    while (this.pending.size) await Promise.allSettled([...this.pending])
+  }
+
+  private async runNotification<K extends Exclude<HookName, 'authorizeForward'>>(
+    name: K,
+    ...args: Parameters<HookHandlers[K]>
+  ): Promise<void> {
     for (const { plugin, handler } of this.handlers[name] as Registered<K>[]) {
       try {
         await (handler as (...a: Parameters<HookHandlers[K]>) => unknown)(...args)

@@ -34,7 +34,13 @@ export async function startNode(
     }
   })
   const node = new BrokerNode({ config, log: createLogger(config.log.level), extraBuiltins })
-  await node.start()
+  try {
+    await node.start()
+  } catch (err) {
+    await node.stop().catch(() => undefined)
+    rmSync(dataDir, { recursive: true, force: true })
+    throw err
+  }
   const port = (name: string) => node.addresses().find((a) => a.name === name)?.port ?? -1
   return {
     node,
@@ -49,9 +55,9 @@ export async function startNode(
   }
 }
 
-/** Connects an mqtt.js client and fails fast instead of retrying. */
+/** Connects an mqtt.js client and fails fast (also when the socket closes without a CONNACK) instead of retrying. */
 export async function connectClient(url: string, options: IClientOptions = {}): Promise<MqttClient> {
-  return mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 5000, ...options })
+  return mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 5000, ...options }, false)
 }
 
 /** Resolves with the next message on a client (optionally only on one topic). */

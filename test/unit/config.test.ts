@@ -69,6 +69,14 @@ describe('configuration', () => {
     assert.deepEqual(ok(loadConfig({ file: json, env: {} })).plugins, [{ use: 'x', config: { a: 1 } }])
   })
 
+  it('lets PARLEY_PLUGINS choose the plugins while the file keeps their settings', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'parley-config-'))
+    const file = join(dir, 'plugins.yaml')
+    writeFileSync(file, 'plugins:\n  - use: guard\n    config: { limit: 3 }\n  - other\n')
+    const config = ok(loadConfig({ file, env: { PARLEY_PLUGINS: 'extra,guard' } }))
+    assert.deepEqual(config.plugins, ['extra', { use: 'guard', config: { limit: 3 } }])
+  })
+
   it('takes the file from PARLEY_CONFIG without treating it as a setting', () => {
     const dir = mkdtempSync(join(tmpdir(), 'parley-config-'))
     const file = join(dir, 'p.yaml')

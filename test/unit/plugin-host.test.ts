@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
@@ -69,7 +69,7 @@ describe('plugin import', () => {
       ['third-party', './good.mjs', { a: 1 }]
     ])
     await assert.rejects(importPlugins(['nope'], { built: async () => builtin }, dir), {
-      message: 'unknown plugin "nope"; built-in plugins are: built; or give a module path'
+      message: 'unknown plugin "nope": not a built-in (built), not a file, and no installed package of that name'
     })
     await assert.rejects(importPlugins(['./bad.mjs'], {}, dir), (err: Error) => {
       assert.ok(err instanceof PluginLoadError)
@@ -78,7 +78,19 @@ describe('plugin import', () => {
       assert.match(err.message, /register: expected a function/)
       return true
     })
-    await assert.rejects(importPlugins(['./missing.mjs'], {}, dir), /cannot load plugin module "\.\/missing\.mjs"/)
+    await assert.rejects(importPlugins(['./missing.mjs'], {}, dir), /unknown plugin "\.\/missing\.mjs": not a built-in/)
+    writeFileSync(join(dir, 'throws.mjs'), 'throw new Error("plugin module exploded")\n')
+    await assert.rejects(importPlugins(['./throws.mjs'], {}, dir), /cannot load plugin module "\.\/throws\.mjs": plugin module exploded/)
+  })
+
+  it('loads a plugin published as an npm package, resolved from the config file\'s directory', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'parley-plugin-pkg-'))
+    const pkg = join(dir, 'node_modules', '@acme', 'parley-audit')
+    mkdirSync(pkg, { recursive: true })
+    writeFileSync(join(pkg, 'package.json'), JSON.stringify({ name: '@acme/parley-audit', type: 'module', main: 'index.js' }))
+    writeFileSync(join(pkg, 'index.js'), 'export default { name: "acme-audit", register() {} }\n')
+    const got = await importPlugins(['@acme/parley-audit'], {}, dir)
+    assert.equal(got[0]?.plugin.name, 'acme-audit')
   })
 
   it('validates each plugin\'s configuration section with its schema', async () => {
@@ -92,6 +104,27 @@ describe('plugin import', () => {
       host.registerAll([{ plugin, rawConfig: { limit: -1 }, source: 'strict' }], () => ({}) as PluginContext),
       /invalid configuration for plugin "strict": plugins\.strict\.config\.limit: Too small/
     )
+  })
+
+  it('checks every plugin\'s configuration before registering any', async () => {
+    const { host } = newHost()
+    const registered: string[] = []
+    const mk = (name: string): ParleyPlugin => ({
+      name,
+      configSchema: z.object({ n: z.number() }),
+      register: () => void registered.push(name)
+    })
+    await assert.rejects(
+      host.registerAll(
+        [
+          { plugin: mk('good'), rawConfig: { n: 1 }, source: 'good' },
+          { plugin: mk('bad'), rawConfig: { n: 'one' }, source: 'bad' }
+        ],
+        () => ({}) as PluginContext
+      ),
+      /plugins\.bad\.config\.n/
+    )
+    assert.deepEqual(registered, [], 'nothing was registered')
   })
 
   it('registers in order and hands each plugin its parsed config', async () => {
@@ -159,6 +192,21 @@ describe('authenticate chain', () => {
     await assert.rejects(slow.host.runAuthenticate(client(), {}), { returnCode: 3 })
     assert.deepEqual(decisions, ['authenticate:broken:error'])
     assert.deepEqual(slow.decisions, ['authenticate:slow:timeout'])
+  })
+
+  it('authorizes the will like a publish, so a will cannot reach a forbidden topic', async () => {
+    const { host } = newHost()
+    host.add('acl', 'authorizePublish', (_c, p) => !p.topic.startsWith('users/bob/'))
+    const ok = client('alice-phone')
+    await host.runAuthenticate(ok, {}, packet('users/alice/status', 'offline'))
+    assert.equal(host.principal(ok)?.subject, 'alice-phone')
+    const sneaky = client('mallory')
+    await assert.rejects(host.runAuthenticate(sneaky, {}, packet('users/bob/inbox', 'spoof')), {
+      returnCode: 5,
+      message: 'will topic not authorized: users/bob/inbox'
+    })
+    assert.equal(host.principal(sneaky), undefined, 'a refused client keeps no principal')
+    await assert.rejects(host.runAuthenticate(client('x'), {}, packet('$parley/deliver', '{}')), { returnCode: 5 })
   })
 
   it('admits anonymous clients only when allowed', async () => {

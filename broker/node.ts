@@ -176,7 +176,11 @@ export class BrokerNode {
       const pub = newRedis(config.redis.url, 'mq-pub', this.log)
       const store = newRedis(config.redis.url, 'persistence', this.log)
       this.clusterRedis = [sub, pub, store]
-      mq = mqemitterRedis({ subConn: sub, pubConn: pub })
+      const redisMq = mqemitterRedis({ subConn: sub, pubConn: pub })
+      // mqemitter-redis re-emits connection errors here; unhandled they would kill the process.
+      // The connections themselves log outages (newRedis) and reconnect.
+      redisMq.state.on('error', (err: Error) => this.log.debug({ err: err.message }, 'cluster emitter error'))
+      mq = redisMq
       this.persistence = redisPersistence({ conn: store })
     } else {
       mq = mqemitter({ concurrency: m.concurrency, matchEmptyLevels: true })

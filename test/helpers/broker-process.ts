@@ -57,7 +57,13 @@ export async function runParley(args: string[], env: NodeJS.ProcessEnv): Promise
 
 /** Starts a broker process and waits until it logs "ready". */
 export async function startBroker(
-  options: { env?: NodeJS.ProcessEnv; args?: string[]; timeoutMs?: number } = {}
+  options: {
+    env?: NodeJS.ProcessEnv
+    args?: string[]
+    timeoutMs?: number
+    /** 'ready' (default): the node is serving MQTT; 'ops': only its operations listener is up. */
+    waitFor?: 'ready' | 'ops'
+  } = {}
 ): Promise<BrokerProcess> {
   const dataDir = mkdtempSync(join(tmpdir(), 'parley-test-'))
   const env = { ...isolatedEnv(dataDir), ...options.env }
@@ -86,7 +92,11 @@ export async function startBroker(
         return
       }
       logs.push(entry)
-      if (entry.msg === 'listening' && typeof entry.listener === 'string') ports[entry.listener] = entry.port as number
+      if (typeof entry.brokerId === 'string' && !brokerId) brokerId = entry.brokerId
+      if (entry.msg === 'listening' && typeof entry.listener === 'string') {
+        ports[entry.listener] = entry.port as number
+        if (entry.listener === 'ops' && options.waitFor === 'ops') resolve()
+      }
       if (entry.msg === 'ready') {
         brokerId = String(entry.brokerId)
         resolve()

@@ -32,7 +32,7 @@ const tlsFiles = z
   .object({
     certFile: filePath.optional().describe('PEM certificate chain file'),
     keyFile: filePath.optional().describe('PEM private key file'),
-    caFile: filePath.optional().describe('PEM CA bundle; when set, client certificates signed by it are requested'),
+    caFile: filePath.optional().describe('PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)'),
     passphrase: secret(z.string().optional(), 'Passphrase of the private key')
   })
   .strict()
@@ -125,7 +125,7 @@ export const ConfigSchema = z
       .object({
         url: secret(
           z.url({ protocol: /^rediss?$/, error: 'expected a redis:// or rediss:// URL' }).optional(),
-          'Redis URL; when set, nodes cluster through Redis (env REDIS_URL)'
+          'Redis URL; when set, nodes cluster through Redis'
         ),
         keyPrefix: z.string().default('parley:').describe('Prefix of the keys Parley itself writes')
       })
@@ -135,9 +135,9 @@ export const ConfigSchema = z
       .object({
         url: secret(
           z.url({ protocol: /^mongodb(\+srv)?$/, error: 'expected a mongodb:// URL' }).optional(),
-          'MongoDB URL; when set, stores use MongoDB (env MONGO_URL)'
+          'MongoDB URL; when set, stores use MongoDB'
         ),
-        database: z.string().min(1).default('parley').describe('Database name (env MONGO_DATABASE)')
+        database: z.string().min(1).default('parley').describe('Database name')
       })
       .strict()
       .prefault({}),
@@ -146,15 +146,15 @@ export const ConfigSchema = z
         endpoint: z
           .url({ protocol: /^https?$/, error: 'expected an http:// or https:// URL' })
           .optional()
-          .describe('S3 endpoint; when set, media uses S3/MinIO (env S3_ENDPOINT)'),
-        region: z.string().default('us-east-1').describe('S3 region (env S3_REGION)'),
+          .describe('S3 endpoint; when set, media uses S3/MinIO'),
+        region: z.string().default('us-east-1').describe('S3 region'),
         bucket: z
           .string()
           .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, { error: 'expected a valid S3 bucket name' })
           .default('parley-media')
-          .describe('Bucket for media objects (env S3_BUCKET)'),
-        accessKey: secret(z.string().optional(), 'S3 access key (env S3_ACCESS_KEY)'),
-        secretKey: secret(z.string().optional(), 'S3 secret key (env S3_SECRET_KEY)')
+          .describe('Bucket for media objects'),
+        accessKey: secret(z.string().optional(), 'S3 access key'),
+        secretKey: secret(z.string().optional(), 'S3 secret key')
       })
       .strict()
       .prefault({}),
@@ -180,7 +180,7 @@ export const ConfigSchema = z
         )
       )
       .default([])
-      .describe('Plugins to load, by built-in name or module path (env PARLEY_PLUGINS, comma separated)')
+      .describe('Plugins to load in order: built-in names, file paths (relative to the config file) or npm packages, or { use, config } entries')
   })
   .strict()
   .superRefine((cfg, ctx) => {

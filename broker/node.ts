@@ -270,17 +270,42 @@ export class BrokerNode {
           }
           if (packet.origin === this.brokerId) return
           const client = internals.clients[packet.clientId]
-          if (!client?.connected) return
-          client.publish(
-            { cmd: 'publish', topic: packet.target.topic, payload: Buffer.from(packet.payload), qos: packet.target.qos, retain: packet.target.retain, dup: false },
-            (err) => {
-              if (err) this.log.warn({ clientId: packet.clientId, err: err.message }, 'forwarded delivery failed')
-            }
+          if (!client || client.closed) return
+          const target = { ...packet.target, payload: Buffer.from(packet.payload) }
+          this.deliverLocally(client, target).catch((err: Error) =>
+            this.log.warn({ clientId: packet.clientId, err: err.message }, 'forwarded delivery failed')
           )
         },
         resolve
       )
     })
+  }
+
+  /**
+   * Sends to a client of this node. A client still in its CONNECT handshake is registered before
+   * its CONNACK is written, so wait for 'connected': a PUBLISH before CONNACK breaks clients.
+   */
+  private async deliverLocally(
+    client: Client,
+    message: { topic: string; payload: Buffer; qos: 0 | 1; retain: boolean }
+  ): Promise<void> {
+    if (!client.connected) {
+      const timeoutMs = this.config.mqtt.connectTimeoutMs
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          client.off('connected', onConnected)
+          reject(new Error(`client did not finish connecting within ${timeoutMs} ms`))
+        }, timeoutMs)
+        const onConnected = () => {
+          clearTimeout(timer)
+          resolve()
+        }
+        client.once('connected', onConnected)
+      })
+    }
+    await new Promise<void>((resolve, reject) =>
+      client.publish({ cmd: 'publish', ...message, dup: false }, (err) => (err ? reject(err) : resolve()))
+    )
   }
 
   private requireAedes(): Aedes {
@@ -307,13 +332,8 @@ export class BrokerNode {
     const payload = typeof message.payload === 'string' ? Buffer.from(message.payload) : message.payload
     const qos = message.qos ?? 0
     const local = internals.clients[clientId]
-    if (local?.connected) {
-      await new Promise<void>((resolve, reject) =>
-        local.publish(
-          { cmd: 'publish', topic: message.topic, payload, qos, retain: message.retain ?? false, dup: false },
-          (err) => (err ? reject(err) : resolve())
-        )
-      )
+    if (local && !local.closed) {
+      await this.deliverLocally(local, { topic: message.topic, payload, qos, retain: message.retain ?? false })
       return 'local'
     }
     await new Promise<void>((resolve, reject) =>

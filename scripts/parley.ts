@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The `parley` command: start a node, show the effective configuration.
 import { dirname, resolve } from 'node:path'
+import { readFileSync } from 'node:fs'
 import { Command, CommanderError } from 'commander'
 import { formatProblems, loadConfig, redactConfig } from '../broker/config.js'
 import { createLogger } from '../broker/logger.js'
@@ -58,10 +59,24 @@ async function start(options: { config?: string }): Promise<void> {
   }
 }
 
+/** The version from package.json (found from the sources and from dist/). */
+function packageVersion(): string {
+  for (const up of ['..', '../..']) {
+    try {
+      const pkg = JSON.parse(readFileSync(resolve(import.meta.dirname, up, 'package.json'), 'utf8')) as { name?: string; version?: string }
+      if (pkg.name === 'parley' && pkg.version) return pkg.version
+    } catch {
+      // not there; try one level up
+    }
+  }
+  return 'unknown'
+}
+
 export function buildProgram(): Command {
   const program = new Command()
     .name('parley')
     .description('Parley: an MQTT messaging broker for mobile chat')
+    .version(packageVersion())
     .showHelpAfterError()
     .exitOverride()
 

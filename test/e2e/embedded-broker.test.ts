@@ -149,6 +149,21 @@ describe('graceful stop', () => {
   }
 })
 
+describe('command line', () => {
+  it('prints its version and help, and refuses unknown commands with exit code 2', async () => {
+    const env = isolatedEnv(mkdtempSync(join(tmpdir(), 'parley-cli-')))
+    const version = await runParley(['--version'], env)
+    assert.equal(version.code, 0)
+    assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/)
+    const help = await runParley(['start', '--help'], env)
+    assert.equal(help.code, 0)
+    assert.match(help.stdout, /--config <file>/)
+    const unknown = await runParley(['launch'], env)
+    assert.equal(unknown.code, 2)
+    assert.match(unknown.stderr, /unknown command 'launch'/)
+  })
+})
+
 describe('configuration errors', () => {
   it('refuses to start on invalid configuration and names every problem', async () => {
     const env = {

@@ -281,6 +281,16 @@ export class PluginHost {
     }
   }
 
+  /** Runs one handler of a decision hook within the timeout; a throw or a timeout is counted, logged and rethrown. */
+  private async ask<T>(hook: HookName, plugin: string, work: () => Awaitable<T>): Promise<T> {
+    try {
+      return await withTimeout(work(), this.opts.hookTimeoutMs, `${plugin}.${hook}`)
+    } catch (err) {
+      this.fail(hook, plugin, err)
+      throw err
+    }
+  }
+
   private fail(hook: HookName, plugin: string, err: unknown): void {
     const outcome = err instanceof HookTimeout ? 'timeout' : 'error'
     this.opts.onDecision?.(hook, plugin, outcome)
@@ -325,13 +335,9 @@ export class PluginHost {
   ): Promise<void> {
     const creds = { username: credentials.username, password: credentials.password }
     for (const { plugin, handler } of this.handlers.authenticate) {
-      let result
-      try {
-        result = await withTimeout(handler(client, creds), this.opts.hookTimeoutMs, `${plugin}.authenticate`)
-      } catch (err) {
-        this.fail('authenticate', plugin, err)
+      const result = await this.ask('authenticate', plugin, () => handler(client, creds)).catch(() => {
         throw authError(ConnackCode.ServerUnavailable, 'authentication failed')
-      }
+      })
       if (result === undefined) continue
       if (result.ok) {
         this.principals.set(client, { ...result.principal, anonymous: false })
@@ -351,13 +357,7 @@ export class PluginHost {
   async runAuthorizePublish(client: Client, packet: PublishPacket): Promise<void> {
     if (isReserved(packet.topic)) throw new Error(`${packet.topic}: reserved topic`)
     for (const { plugin, handler } of this.handlers.authorizePublish) {
-      let allowed
-      try {
-        allowed = await withTimeout(handler(client, packet), this.opts.hookTimeoutMs, `${plugin}.authorizePublish`)
-      } catch (err) {
-        this.fail('authorizePublish', plugin, err)
-        throw err
-      }
+      const allowed = await this.ask('authorizePublish', plugin, () => handler(client, packet))
       if (allowed === false) {
         this.opts.onDecision?.('authorizePublish', plugin, 'deny')
         throw new Error(`publish to ${packet.topic} denied by ${plugin}`)
@@ -372,9 +372,8 @@ export class PluginHost {
     for (const { plugin, handler } of this.handlers.authorizeSubscribe) {
       let answer
       try {
-        answer = await withTimeout(handler(client, current), this.opts.hookTimeoutMs, `${plugin}.authorizeSubscribe`)
-      } catch (err) {
-        this.fail('authorizeSubscribe', plugin, err)
+        answer = await this.ask('authorizeSubscribe', plugin, () => handler(client, current))
+      } catch {
         return null
       }
       if (answer === null) {

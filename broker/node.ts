@@ -27,6 +27,8 @@ import { PluginHost, importPlugins, orderPlugins } from './plugin-host.js'
  * all clients: client ids may contain '/', so they travel in the packet, not in the topic.
  */
 const DELIVER_TOPIC = '$parley/deliver'
+/** Internal topics of plugins' cluster channels: $parley/cluster/<plugin>/<channel>. */
+const CLUSTER_PREFIX = '$parley/cluster/'
 
 type Packet = Parameters<Aedes['publish']>[0]
 
@@ -42,8 +44,8 @@ const aedesMemoryPersistence = ((memoryPersistenceModule as { default?: unknown 
 interface AedesInternals {
   clients: Record<string, Client | undefined>
   mq: {
-    on(topic: string, fn: (packet: DeliverPacket, cb: () => void) => void, done?: () => void): void
-    emit(packet: DeliverPacket, cb?: (err?: Error) => void): void
+    on<P>(topic: string, fn: (packet: P, cb: () => void) => void, done?: () => void): void
+    emit(packet: { topic: string; [field: string]: unknown }, cb?: (err?: Error) => void): void
   }
 }
 
@@ -101,6 +103,8 @@ export class BrokerNode {
   private accepting = false
   private stopping: Promise<void> | undefined
   private readonly extraChecks = new Map<string, () => Promise<void>>()
+  /** Cluster channel handlers registered by plugins before Aedes (and its emitter) exists. */
+  private readonly clusterHandlers: Array<{ topic: string; handler: (data: unknown, from: string) => void; plugin: string }> = []
   private opsAddress: ListenerAddress | undefined
 
   constructor(private readonly opts: BrokerNodeOptions) {
@@ -160,6 +164,7 @@ export class BrokerNode {
     this.aedes = await Aedes.createBroker(this.aedesOptions(host))
     this.wireEvents(this.aedes, host, metrics)
     await this.listenForDeliveries(this.aedes)
+    await this.listenOnClusterChannels(this.aedes)
 
     this.listeners = await startMqttListeners(config, this.aedes.handle, log)
     this.accepting = true
@@ -260,7 +265,7 @@ export class BrokerNode {
   private async listenForDeliveries(aedes: Aedes): Promise<void> {
     const internals = aedes as unknown as AedesInternals
     await new Promise<void>((resolve) => {
-      internals.mq.on(
+      internals.mq.on<Partial<DeliverPacket>>(
         DELIVER_TOPIC,
         (packet, cb) => {
           cb()
@@ -279,6 +284,44 @@ export class BrokerNode {
         resolve
       )
     })
+  }
+
+  private async listenOnClusterChannels(aedes: Aedes): Promise<void> {
+    const internals = aedes as unknown as AedesInternals
+    for (const { topic, handler, plugin } of this.clusterHandlers) {
+      await new Promise<void>((resolve) =>
+        internals.mq.on<{ payload: Buffer; origin?: string }>(
+          topic,
+          (packet, cb) => {
+            cb()
+            try {
+              handler(JSON.parse(Buffer.from(packet.payload).toString('utf8')) as unknown, String(packet.origin ?? ''))
+            } catch (err) {
+              this.log.error({ plugin, topic, err }, 'cluster channel handler failed')
+            }
+          },
+          resolve
+        )
+      )
+    }
+  }
+
+  private clusterChannel(plugin: string): PluginContext['cluster'] {
+    const topicOf = (channel: string) => {
+      if (!/^[A-Za-z0-9_.-]{1,64}$/.test(channel)) throw new Error(`invalid cluster channel name "${channel}"`)
+      return `${CLUSTER_PREFIX}${plugin}/${channel}`
+    }
+    return {
+      broadcast: async (channel, data) => {
+        const internals = this.requireAedes() as unknown as AedesInternals
+        const packet = { topic: topicOf(channel), payload: Buffer.from(JSON.stringify(data)), origin: this.brokerId }
+        await new Promise<void>((resolve, reject) => internals.mq.emit(packet, (err) => (err ? reject(err) : resolve())))
+      },
+      subscribe: (channel, handler) => {
+        if (this.aedes) throw new Error('cluster channels must be subscribed during register()')
+        this.clusterHandlers.push({ topic: topicOf(channel), handler, plugin })
+      }
+    }
   }
 
   /**
@@ -379,6 +422,7 @@ export class BrokerNode {
       route: (options) => {
         this.ops!.route(options)
       },
+      cluster: this.clusterChannel(plugin.name),
       readiness: (name, check) => {
         this.extraChecks.set(`${plugin.name}:${name}`, check)
       },

@@ -28,6 +28,17 @@ export const ConnackCode = {
 } as const
 export type ConnackCode = (typeof ConnackCode)[keyof typeof ConnackCode]
 
+/**
+ * Acknowledge a client's publish but deliver it nowhere, and tell the client why
+ * (through the publishRejected hook). For permanent refusals: the client must not retry.
+ */
+export interface PublishRejection {
+  /** A stable, documented code, e.g. `forbidden`, `invalid_payload`, `rate_limited`. */
+  reject: string
+  /** A human explanation. */
+  message: string
+}
+
 /** Who a connection is, as established by the authenticate chain. */
 export interface Principal {
   /** Stable subject (for chat: the user id). */
@@ -60,10 +71,16 @@ export interface HookHandlers {
    */
   authenticate: (client: Client, credentials: Credentials) => Awaitable<AuthenticateResult | undefined>
   /**
-   * May the client publish this packet? Return false (or throw) to deny: Aedes then closes the client,
-   * the only answer MQTT 3.1.1 has. The handler may rewrite packet.payload; the next handlers see the rewrite.
+   * May the client publish this packet? Three answers besides passing (undefined/true):
+   * - a PublishRejection: the publish is acknowledged (PUBACK) but delivered nowhere, and
+   *   publishRejected runs so the client can be told why; the right answer for permanent errors;
+   * - false, or a throw: Aedes closes the client, the only refusal MQTT 3.1.1 has; the client
+   *   retries after reconnecting, so use it for transient failures (a store that is down);
+   * The handler may rewrite packet.payload; the next handlers see the rewrite.
    */
-  authorizePublish: (client: Client, packet: PublishPacket) => Awaitable<boolean | void>
+  authorizePublish: (client: Client, packet: PublishPacket) => Awaitable<boolean | void | PublishRejection>
+  /** A publish was rejected with a PublishRejection; `packet` has its original topic. Errors are logged only. */
+  publishRejected: (client: Client, packet: PublishPacket, rejection: PublishRejection & { plugin: string }) => Awaitable<void>
   /**
    * May the client subscribe? Return null to deny (SUBACK 0x80), a subscription to replace it
    * (e.g. a lower QoS), or undefined to keep it. A throw denies.
@@ -121,6 +138,13 @@ export interface PublishOptions {
   retain?: boolean
 }
 
+export interface ClusterChannel {
+  /** Sends JSON-serialisable data to every node's subscribers of this channel. Only after start. */
+  broadcast(channel: string, data: unknown): Promise<void>
+  /** Receives what any node broadcasts on this channel. Register during register(). */
+  subscribe(channel: string, handler: (data: unknown, fromBrokerId: string) => void): void
+}
+
 /**
  * The APIs plugins expose to the plugins that depend on them. A plugin adds its own by
  * declaration merging: `declare module '../../broker/plugin-api.js' { interface PluginApis { myname: MyApi } }`.
@@ -147,6 +171,8 @@ export interface PluginContext<Config = unknown> {
   deliver(clientId: string, message: PublishOptions): Promise<DeliveryRoute>
   /** Add a route to the operations HTTP listener (Fastify route options). */
   route(options: RouteOptions): void
+  /** Messages between the nodes of the cluster (every node, this one included), scoped to this plugin. */
+  readonly cluster: ClusterChannel
   /** Add a readiness check: /readyz fails while it throws. */
   readiness(name: string, check: () => Promise<void>): void
   /** Who a connected client is (set by the authenticate chain). */

@@ -11,6 +11,7 @@ import type { Logger } from './logger.js'
 import {
   ConnackCode,
   type HookHandlers,
+  type PublishRejection,
   type HookName,
   type ParleyPlugin,
   type PluginContext,
@@ -20,6 +21,12 @@ import type { PluginEntry } from '../schemas/config.js'
 
 /** Topic prefixes only the broker itself may use. */
 export const RESERVED_PREFIXES = ['$SYS/', '$parley/'] as const
+
+/**
+ * Where a rejected publish goes: Aedes acknowledges and routes every authorized publish, so a
+ * rejected one is re-addressed to a topic no client can subscribe to ($SYS, where '#' never reaches).
+ */
+export const REJECTED_TOPIC = '$SYS/parley/rejected'
 
 export class PluginLoadError extends Error {
   override name = 'PluginLoadError'
@@ -159,7 +166,7 @@ export interface PluginHostOptions {
   hookTimeoutMs: number
   allowAnonymous: boolean
   /** Counts decisions for metrics: hook, plugin, outcome. */
-  onDecision?: (hook: HookName, plugin: string, outcome: 'deny' | 'error' | 'timeout') => void
+  onDecision?: (hook: HookName, plugin: string, outcome: 'deny' | 'reject' | 'error' | 'timeout') => void
 }
 
 type AuthError = Error & { returnCode: number }
@@ -177,6 +184,7 @@ export class PluginHost {
     connect: [],
     authenticate: [],
     authorizePublish: [],
+    publishRejected: [],
     authorizeSubscribe: [],
     authorizeForward: [],
     published: [],
@@ -261,7 +269,15 @@ export class PluginHost {
         // Without a client this is the will of a client whose node died: it was authorized at CONNECT.
         if (!client) return done(null)
         this.runAuthorizePublish(client, packet).then(
-          () => done(null),
+          (rejection) => {
+            if (rejection) {
+              const original = { ...packet }
+              packet.topic = REJECTED_TOPIC
+              packet.retain = false
+              void this.notify('publishRejected', client, original, rejection)
+            }
+            done(null)
+          },
           (err: Error) => done(err)
         )
       },
@@ -320,11 +336,13 @@ export class PluginHost {
   ): Promise<void> {
     await this.establishPrincipal(client, credentials)
     if (!will) return
-    try {
-      await this.runAuthorizePublish(client, will)
-    } catch (err) {
+    const refusal = await this.runAuthorizePublish(client, will).then(
+      (rejection) => rejection?.message,
+      (err: Error) => err.message
+    )
+    if (refusal !== undefined) {
       this.principals.delete(client)
-      this.opts.log.info({ clientId: client.id, topic: will.topic, reason: (err as Error).message }, 'connection refused: will not authorized')
+      this.opts.log.info({ clientId: client.id, topic: will.topic, reason: refusal }, 'connection refused: will not authorized')
       throw authError(ConnackCode.NotAuthorized, `will topic not authorized: ${will.topic}`)
     }
   }
@@ -354,15 +372,21 @@ export class PluginHost {
     this.principals.set(client, { subject: client.id, anonymous: true, attributes: {} })
   }
 
-  async runAuthorizePublish(client: Client, packet: PublishPacket): Promise<void> {
+  /** Resolves with a rejection (acknowledge, deliver nowhere), or undefined to go on; rejects to close the client. */
+  async runAuthorizePublish(client: Client, packet: PublishPacket): Promise<(PublishRejection & { plugin: string }) | undefined> {
     if (isReserved(packet.topic)) throw new Error(`${packet.topic}: reserved topic`)
     for (const { plugin, handler } of this.handlers.authorizePublish) {
-      const allowed = await this.ask('authorizePublish', plugin, () => handler(client, packet))
-      if (allowed === false) {
+      const answer = await this.ask('authorizePublish', plugin, () => handler(client, packet))
+      if (answer === false) {
         this.opts.onDecision?.('authorizePublish', plugin, 'deny')
         throw new Error(`publish to ${packet.topic} denied by ${plugin}`)
       }
+      if (typeof answer === 'object' && answer !== null) {
+        this.opts.onDecision?.('authorizePublish', plugin, 'reject')
+        return { reject: answer.reject, message: answer.message, plugin }
+      }
     }
+    return undefined
   }
 
   async runAuthorizeSubscribe(client: Client, subscription: Subscription): Promise<Subscription | null> {

@@ -52,6 +52,12 @@ describe('hooks over real MQTT', () => {
         const who = ctx.principal(client)
         if (packet.topic === 'whoami') packet.payload = Buffer.from(`${who?.subject}/${String(who?.attributes.device)}`)
       })
+      ctx.hook('authorizePublish', (_client, packet) =>
+        packet.topic.startsWith('reject/') ? { reject: 'test_code', message: 'rejected for the test' } : undefined
+      )
+      ctx.hook('publishRejected', (client, packet, rejection) =>
+        void events.push(`rejected:${client.id}:${packet.topic}:${rejection.reject}:${rejection.plugin}`)
+      )
       ctx.hook('authorizeSubscribe', (_client, sub) => (sub.topic === 'hang' ? new Promise(() => undefined) : undefined))
       ctx.hook('clientReady', (client) => void events.push(`ready:${client.id}`))
       ctx.hook('subscribed', (client, subs) => void events.push(`subscribed:${client.id}:${subs.map((s) => `${s.topic}@${s.qos}`).join(',')}`))
@@ -136,6 +142,35 @@ describe('hooks over real MQTT', () => {
     }
     const res = await fetch(`http://127.0.0.1:${t.ops}/plugins/test-observer/events`)
     assert.ok(((await res.json()) as { events: string[] }).events.includes('ready:obs-sub'), 'plugin route served')
+  })
+
+  it('acknowledges a rejected publish, delivers it nowhere, and reports it', async () => {
+    const watcher = await connectClient(t.mqttUrl, { clientId: 'rej-watch', username: 'w', password: 'right' })
+    await watcher.subscribeAsync('reject/#', { qos: 1 })
+    await watcher.subscribeAsync('marker', { qos: 1 })
+    let leaked = 0
+    watcher.on('message', (topic) => {
+      if (topic.startsWith('reject/')) leaked++
+    })
+    const c = await connectClient(t.mqttUrl, { clientId: 'rej-pub', username: 'r', password: 'right' })
+    await c.publishAsync('reject/this', 'x', { qos: 1 }) // resolves on PUBACK: the client will not retry
+    await c.publishAsync('reject/retained', 'x', { qos: 0, retain: true })
+    const marker = nextMessage(watcher, 'marker')
+    await c.publishAsync('marker', 'after', { qos: 1 })
+    await marker
+    assert.equal(leaked, 0, 'no subscriber received the rejected publishes')
+    assert.equal(c.connected, true, 'the publisher stays connected')
+    await eventually(() => events.includes('rejected:rej-pub:reject/this:test_code:test-observer'), 5000, 'publishRejected')
+    const late = await connectClient(t.mqttUrl, { clientId: 'rej-late', username: 'l', password: 'right' })
+    let retained = 0
+    late.on('message', () => retained++)
+    await late.subscribeAsync('reject/#', { qos: 1 })
+    const m2 = nextMessage(late, 'marker')
+    await late.subscribeAsync('marker', { qos: 1 })
+    await c.publishAsync('marker', 'again', { qos: 1 })
+    await m2
+    assert.equal(retained, 1, 'only the marker arrived: a rejected retained publish is not stored')
+    await Promise.all([watcher.endAsync(), c.endAsync(), late.endAsync()])
   })
 
   it('publishes as the broker for plugins', async () => {

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 import mqtt from 'mqtt'
 import { definePlugin } from '../../broker/plugin-api.js'
-import { startBroker, type BrokerProcess } from '../helpers/broker-process.js'
+import { eventually, startBroker, type BrokerProcess } from '../helpers/broker-process.js'
 import { connectClient, nextMessage, startNode, type TestNode } from '../helpers/node.js'
 import { redisDb } from '../helpers/services.js'
 
@@ -87,19 +87,43 @@ describe('plugin deliver() across nodes', () => {
   let a: TestNode
   let b: TestNode
   let sendFromB: (clientId: string, payload: string) => Promise<string>
+  let broadcastFromB: (data: unknown) => Promise<void>
+  const heard: Array<{ node: string; data: unknown }> = []
   before(async () => {
     const redis = { url: redisDb(3) }
-    a = await startNode({ redis })
+    // Node a runs its own 'courier' (same plugin name, so same channels) and an unrelated plugin
+    // that uses the same channel name.
+    const courierA = definePlugin({
+      name: 'courier',
+      register: (ctx) => ctx.cluster.subscribe('news', (data) => void heard.push({ node: 'a', data }))
+    })
+    const other = definePlugin({
+      name: 'other',
+      register: (ctx) => ctx.cluster.subscribe('news', (data) => void heard.push({ node: 'a:other', data }))
+    })
+    a = await startNode({ redis, plugins: ['courier', 'other'] }, { courier: async () => courierA, other: async () => other })
     const courier = definePlugin({
       name: 'courier',
       register: (ctx) => {
         sendFromB = (clientId, payload) => ctx.deliver(clientId, { topic: `direct/${clientId}`, payload, qos: 1 })
+        broadcastFromB = (data) => ctx.cluster.broadcast('news', data)
+        ctx.cluster.subscribe('news', (data) => void heard.push({ node: 'b', data }))
       }
     })
     b = await startNode({ redis, plugins: ['courier'] }, { courier: async () => courier })
   })
   after(async () => {
     await Promise.all([a.stop(), b.stop()])
+  })
+
+  it('carries cluster channel broadcasts to every node, sender included, scoped by plugin', async () => {
+    await broadcastFromB({ group: 'g1', change: 'member-added' })
+    await eventually(() => heard.length >= 2, 5000, 'both nodes heard')
+    // A marker broadcast proves nothing else is still on its way.
+    await broadcastFromB('marker')
+    await eventually(() => heard.length >= 4, 5000, 'marker heard')
+    assert.deepEqual(heard.map((h) => h.node).sort(), ['a', 'a', 'b', 'b'], 'the same channel name in another plugin is another channel')
+    assert.deepEqual(heard.find((h) => h.node === 'a')?.data, { group: 'g1', change: 'member-added' })
   })
 
   it('reaches a client connected to another node, and only that client', async () => {

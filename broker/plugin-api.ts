@@ -37,6 +37,8 @@ export interface PublishRejection {
   reject: string
   /** A human explanation. */
   message: string
+  /** For temporary refusals (rate limits): when the client may try again. */
+  retryAfterMs?: number
 }
 
 /** Who a connection is, as established by the authenticate chain. */

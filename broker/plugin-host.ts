@@ -383,7 +383,7 @@ export class PluginHost {
       }
       if (typeof answer === 'object' && answer !== null) {
         this.opts.onDecision?.('authorizePublish', plugin, 'reject')
-        return { reject: answer.reject, message: answer.message, plugin }
+        return { ...answer, plugin }
       }
     }
     return undefined

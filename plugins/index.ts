@@ -9,5 +9,8 @@ const load =
     (await importer()).default as ParleyPlugin
 
 export const builtinPlugins: Readonly<Record<string, Loader>> = {
+  'auth-jwt': load(() => import('./auth-jwt/index.js')),
+  limits: load(() => import('./limits/index.js')),
+  protocol: load(() => import('./protocol/index.js')),
   'example-topic-guard': load(() => import('./example-topic-guard/index.js'))
 }

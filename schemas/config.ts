@@ -24,6 +24,9 @@ const port = int(0, 65535)
 const host = z.string().min(1, { error: 'expected a host name or IP address' })
 const filePath = z.string().min(1, { error: 'expected a file path' })
 
+/** The plugins a node runs when the configuration names none: device tokens, limits, the topic tree. */
+export const DEFAULT_PLUGINS = ['auth-jwt', 'limits', 'protocol'] as const
+
 /** Marks a field whose value must never be printed or logged. */
 export const secret = <T extends z.ZodType>(schema: T, description: string) =>
   schema.meta({ secret: true, description })
@@ -116,8 +119,8 @@ export const ConfigSchema = z
           .default(5000)
           .describe('Longest a plugin may take to answer a connect or authorize hook before it is denied'),
         allowAnonymous: flag
-          .default(true)
-          .describe('Accept connections that no authentication plugin vouches for (embedded development default)')
+          .default(false)
+          .describe('Accept connections that no authentication plugin vouches for (development only)')
       })
       .strict()
       .prefault({}),
@@ -179,7 +182,7 @@ export const ConfigSchema = z
           { error: 'expected a plugin name, a module path, or { use, config }' }
         )
       )
-      .default([])
+      .default([...DEFAULT_PLUGINS])
       .describe('Plugins to load in order: built-in names, file paths (relative to the config file) or npm packages, or { use, config } entries')
   })
   .strict()

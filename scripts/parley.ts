@@ -7,6 +7,7 @@ import { formatProblems, loadConfig, redactConfig } from '../broker/config.js'
 import { createLogger } from '../broker/logger.js'
 import { BrokerNode } from '../broker/node.js'
 import type { Config } from '../schemas/config.js'
+import { mintDeviceToken } from '../plugins/auth-jwt/mint.js'
 
 /** Exit codes, documented in the README. */
 export const EXIT = { ok: 0, failure: 1, usage: 2, config: 78 } as const
@@ -85,6 +86,24 @@ export function buildProgram(): Command {
     .description('run a broker node (embedded defaults unless configured otherwise)')
     .option('-c, --config <file>', 'YAML or JSON configuration file (also PARLEY_CONFIG)')
     .action(start)
+
+  program
+    .command('token')
+    .description('mint a device token (HS256, the configured secret) for development and operations')
+    .argument('<userId>', 'the user (token subject)')
+    .option('-d, --device <id>', 'bind the token to this device id (claim did)')
+    .option('-t, --ttl <duration>', 'lifetime, e.g. 90s, 15m, 1h, 7d', '1h')
+    .option('-c, --config <file>', 'YAML or JSON configuration file (also PARLEY_CONFIG)')
+    .action(async (userId: string, options: { device?: string; ttl: string; config?: string }) => {
+      const { config } = configOrExit(options.config)
+      try {
+        const token = await mintDeviceToken(config, { userId, deviceId: options.device, ttl: options.ttl })
+        process.stdout.write(token + '\n')
+      } catch (err) {
+        process.stderr.write(`parley token: ${(err as Error).message}\n`)
+        process.exit(EXIT.usage)
+      }
+    })
 
   program
     .command('config')

@@ -7,15 +7,15 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { WebSocket } from 'ws'
-import { eventually, isolatedEnv, runParley, startBroker, type BrokerProcess } from '../helpers/broker-process.js'
+import { BARE, eventually, isolatedEnv, runParley, startBroker, type BrokerProcess } from '../helpers/broker-process.js'
 import { connectClient, nextMessage } from '../helpers/node.js'
 
 const exec = promisify(execFile)
 
-describe('embedded broker process', () => {
+describe('bare broker process (the MQTT relay without plugins, anonymous)', () => {
   let broker: BrokerProcess
   before(async () => {
-    broker = await startBroker()
+    broker = await startBroker({ env: BARE })
   })
   after(async () => {
     await broker.stop()
@@ -132,7 +132,7 @@ describe('broker id', () => {
 describe('graceful stop', () => {
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     it(`on ${signal}: stops accepting, disconnects clients, exits 0`, async () => {
-      const broker = await startBroker()
+      const broker = await startBroker({ env: BARE })
       const client = await connectClient(`mqtt://127.0.0.1:${broker.ports.tcp}`, { clientId: `stop-${signal}` })
       const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
       const code = await broker.stop(signal)
@@ -225,6 +225,7 @@ describe('TLS listeners', () => {
     ], { stdio: 'ignore' })
     const broker = await startBroker({
       env: {
+        ...BARE,
         PARLEY_LISTENERS__TLS__HOST: '127.0.0.1',
         PARLEY_LISTENERS__TLS__PORT: '0',
         PARLEY_LISTENERS__TLS__CERT_FILE: cert,

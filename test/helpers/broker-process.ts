@@ -16,6 +16,8 @@ export interface LogLine {
 
 export interface BrokerProcess {
   child: ChildProcess
+  /** The node's data directory (its generated token secret lives there). */
+  dataDir: string
   brokerId: string
   ports: Record<string, number>
   logs: LogLine[]
@@ -24,6 +26,9 @@ export interface BrokerProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>
   exited: Promise<number | null>
 }
+
+/** A broker without plugins that admits anonymous clients: the MQTT relay itself. */
+export const BARE: NodeJS.ProcessEnv = { PARLEY_PLUGINS: '', PARLEY_MQTT__ALLOW_ANONYMOUS: 'true' }
 
 /** Environment that puts every listener on 127.0.0.1 port 0 and the data in a fresh directory. */
 export function isolatedEnv(dataDir: string): NodeJS.ProcessEnv {
@@ -121,6 +126,7 @@ export async function startBroker(
   }
   return {
     child,
+    dataDir,
     get brokerId() {
       return brokerId
     },

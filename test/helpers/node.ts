@@ -25,7 +25,10 @@ export async function startNode(
   const config = ConfigSchema.parse({
     dataDir,
     log: { level: process.env.TEST_LOG_LEVEL ?? 'silent' },
+    // A bare broker unless the test names its plugins: these tests reach inside the core.
+    plugins: [],
     ...input,
+    mqtt: { allowAnonymous: true, ...input.mqtt },
     listeners: {
       tcp: { host: '127.0.0.1', port: 0 },
       ws: { host: '127.0.0.1', port: 0 },

@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 import { definePlugin, type Backends } from '../../broker/plugin-api.js'
-import { eventually, startBroker } from '../helpers/broker-process.js'
+import { BARE, eventually, startBroker } from '../helpers/broker-process.js'
 import { connectClient, startNode, type TestNode } from '../helpers/node.js'
 import { mongoUrl, redisDb, s3Settings } from '../helpers/services.js'
 import { freePort } from '../../scripts/services.js'
@@ -95,7 +95,7 @@ describe('readiness follows the backends', () => {
 
   it('a node whose Redis is down answers /healthz, is not ready, and becomes ready when Redis comes up', async () => {
     const port = await freePort()
-    const broker = await startBroker({ env: { REDIS_URL: `redis://127.0.0.1:${port}/4` }, waitFor: 'ops' })
+    const broker = await startBroker({ env: { ...BARE, REDIS_URL: `redis://127.0.0.1:${port}/4` }, waitFor: 'ops' })
     let redis: ReturnType<typeof spawn> | undefined
     try {
       const ops = broker.ports.ops!

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 import mqtt from 'mqtt'
 import { definePlugin } from '../../broker/plugin-api.js'
-import { eventually, startBroker, type BrokerProcess } from '../helpers/broker-process.js'
+import { BARE, eventually, startBroker, type BrokerProcess } from '../helpers/broker-process.js'
 import { connectClient, nextMessage, startNode, type TestNode } from '../helpers/node.js'
 import { redisDb } from '../helpers/services.js'
 
@@ -16,8 +16,8 @@ describe('two broker processes over Redis', () => {
   let b: BrokerProcess
   before(async () => {
     ;[a, b] = await Promise.all([
-      startBroker({ env: { REDIS_URL: redisUrl, PARLEY_NODE_NAME: 'node-a' } }),
-      startBroker({ env: { REDIS_URL: redisUrl, PARLEY_NODE_NAME: 'node-b' } })
+      startBroker({ env: { ...BARE, REDIS_URL: redisUrl, PARLEY_NODE_NAME: 'node-a' } }),
+      startBroker({ env: { ...BARE, REDIS_URL: redisUrl, PARLEY_NODE_NAME: 'node-b' } })
     ])
   })
   after(async () => {

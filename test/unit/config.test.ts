@@ -23,7 +23,8 @@ describe('configuration', () => {
     assert.equal(config.mongo.url, undefined)
     assert.equal(config.s3.endpoint, undefined)
     assert.equal(tlsListenerEnabled(config), false, 'TLS is off without a certificate')
-    assert.deepEqual(config.plugins, [])
+    assert.deepEqual(config.plugins, ['auth-jwt', 'limits', 'protocol'], 'secure by default: tokens, limits, topic tree')
+    assert.equal(config.mqtt.allowAnonymous, false)
   })
 
   it('maps PARLEY_* variables to nested camelCase settings', () => {
@@ -35,7 +36,7 @@ describe('configuration', () => {
         env: {
           PARLEY_LISTENERS__TCP__PORT: '1999',
           PARLEY_LISTENERS__WS__ENABLED: 'false',
-          PARLEY_MQTT__ALLOW_ANONYMOUS: 'no',
+          PARLEY_MQTT__ALLOW_ANONYMOUS: 'yes',
           PARLEY_PLUGINS: 'a-plugin, ./local/plugin.js',
           REDIS_URL: 'redis://127.0.0.1:6379',
           MONGO_URL: 'mongodb://127.0.0.1:27017',
@@ -48,7 +49,7 @@ describe('configuration', () => {
     )
     assert.equal(config.listeners.tcp.port, 1999)
     assert.equal(config.listeners.ws.enabled, false)
-    assert.equal(config.mqtt.allowAnonymous, false)
+    assert.equal(config.mqtt.allowAnonymous, true)
     assert.deepEqual(config.plugins, ['a-plugin', './local/plugin.js'])
     assert.equal(config.redis.url, 'redis://127.0.0.1:6379')
     assert.equal(config.mongo.url, 'mongodb://127.0.0.1:27017')

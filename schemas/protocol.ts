@@ -1,0 +1,219 @@
+// The Parley wire protocol (MQTT 3.1.1, JSON payloads): topics and every payload schema.
+// docs/protocol.md explains it; `npm run schemas` writes these schemas as JSON Schema for
+// client developers (schemas/json/).
+import { z } from 'zod'
+import { Id } from './identity.js'
+
+/** Upper bound of a text body, in characters. */
+export const MAX_BODY_CHARS = 16_384
+
+// ---------------------------------------------------------------------------------------------
+// Topics
+// ---------------------------------------------------------------------------------------------
+
+/** Topics a device publishes to (client → server). */
+export const UP = {
+  /** One-to-one message to a user: s/dm/{userId}. */
+  dm: (peer: string) => `s/dm/${peer}`,
+  /** Message to a group the sender belongs to: s/g/{groupId}. */
+  group: (groupId: string) => `s/g/${groupId}`,
+  /** Read marker: s/read. */
+  read: 's/read',
+  /** Typing indicator: s/typing/dm/{userId} or s/typing/g/{groupId}. */
+  typing: (kind: 'dm' | 'g', id: string) => `s/typing/${kind}/${id}`,
+  /** Request to the server (correlation id in the payload): s/rpc. */
+  rpc: 's/rpc'
+} as const
+
+/** Topics the server publishes to (server → device); a device subscribes once to u/{its userId}/#. */
+export const DOWN = {
+  /** Every filter a device may subscribe to lies under this. */
+  userTree: (userId: string) => `u/${userId}/#`,
+  /** Chat messages for the user, and carbons of what the user sent from another device. */
+  messages: (userId: string) => `u/${userId}/m`,
+  /** Delivered and read receipts for messages the user sent. */
+  receipts: (userId: string) => `u/${userId}/r`,
+  /** Events: presence, typing, read markers of the user's other devices, group changes. */
+  events: (userId: string) => `u/${userId}/e`,
+  /** Responses to one device's requests: forwarded to that device only. */
+  responses: (userId: string, deviceId: string) => `u/${userId}/d/${deviceId}/res`,
+  /** Errors for one device (its rejected publishes): forwarded to that device only. */
+  errors: (userId: string, deviceId: string) => `u/${userId}/d/${deviceId}/err`
+} as const
+
+/** What a publish topic means, or undefined for a topic outside the protocol. */
+export type UpTopic =
+  | { kind: 'dm'; peer: string }
+  | { kind: 'group'; groupId: string }
+  | { kind: 'read' }
+  | { kind: 'typing'; conversation: ConversationRef }
+  | { kind: 'rpc' }
+
+const isId = (s: string | undefined): s is string => s !== undefined && Id.safeParse(s).success
+
+export function parseUpTopic(topic: string): UpTopic | undefined {
+  const l = topic.split('/')
+  if (l[0] !== 's') return undefined
+  if (l.length === 3 && l[1] === 'dm' && isId(l[2])) return { kind: 'dm', peer: l[2] }
+  if (l.length === 3 && l[1] === 'g' && isId(l[2])) return { kind: 'group', groupId: l[2] }
+  if (l.length === 2 && l[1] === 'read') return { kind: 'read' }
+  if (l.length === 2 && l[1] === 'rpc') return { kind: 'rpc' }
+  if (l.length === 4 && l[1] === 'typing' && (l[2] === 'dm' || l[2] === 'g') && isId(l[3])) {
+    return { kind: 'typing', conversation: { kind: l[2] === 'dm' ? 'dm' : 'group', id: l[3] } }
+  }
+  return undefined
+}
+
+/** The user and, for device-scoped topics, the device a server → device topic is addressed to. */
+export function parseDownTopic(topic: string): { userId: string; deviceId?: string } | undefined {
+  const l = topic.split('/')
+  if (l[0] !== 'u' || !isId(l[1])) return undefined
+  if (l[2] === 'd') return isId(l[3]) ? { userId: l[1], deviceId: l[3] } : undefined
+  return { userId: l[1] }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payloads: client → server
+// ---------------------------------------------------------------------------------------------
+
+/** A conversation: one-to-one with a user (from the reader's side: the other user), or a group. */
+export const ConversationRef = z
+  .object({
+    kind: z.enum(['dm', 'group']),
+    id: Id.describe('The other user (dm) or the group id')
+  })
+  .strict()
+export type ConversationRef = z.infer<typeof ConversationRef>
+
+/** A message a device sends on s/dm/{userId} or s/g/{groupId}. The server stamps sender, id, seq and time. */
+export const SendMessage = z
+  .object({
+    cmid: Id.describe('Client message id, unique per sender: a retry with the same cmid is not stored twice'),
+    type: z.enum(['text']).default('text').describe('Message kind (media kinds arrive with media support)'),
+    body: z.string().min(1).max(MAX_BODY_CHARS).describe('The text'),
+    replyTo: z.string().min(1).max(64).optional().describe('Server id of the message this replies to'),
+    e2e: z.boolean().default(false).describe('The body is end-to-end encrypted ciphertext (push shows no preview)')
+  })
+  .strict()
+export type SendMessage = z.infer<typeof SendMessage>
+
+/** s/read: "I have read this conversation up to seq". */
+export const ReadMarker = z
+  .object({
+    conversation: ConversationRef,
+    seq: z.number().int().min(0).describe('Highest server sequence number read')
+  })
+  .strict()
+export type ReadMarker = z.infer<typeof ReadMarker>
+
+/** s/typing/dm/{userId} or s/typing/g/{groupId} (QoS 0, never stored). */
+export const Typing = z
+  .object({
+    state: z.enum(['typing', 'paused'])
+  })
+  .strict()
+export type Typing = z.infer<typeof Typing>
+
+/** s/rpc: a request; the answer comes on u/{userId}/d/{deviceId}/res with the same id. */
+export const RpcRequest = z
+  .object({
+    id: Id.describe('Correlation id chosen by the device'),
+    method: z.string().regex(/^[a-z][a-z0-9_.]{0,63}$/, { error: 'expected a method name such as ping or groups.create' }),
+    params: z.record(z.string(), z.unknown()).default({})
+  })
+  .strict()
+export type RpcRequest = z.infer<typeof RpcRequest>
+
+// ---------------------------------------------------------------------------------------------
+// Payloads: server → device
+// ---------------------------------------------------------------------------------------------
+
+/** u/{userId}/m: a stored message, as every recipient device (and the sender's other devices) see it. */
+export const MessageEnvelope = z
+  .object({
+    id: z.string().min(1).max(64).describe('Server message id'),
+    seq: z.number().int().min(1).describe('Per-conversation sequence number, gap-free'),
+    conversation: ConversationRef,
+    from: z.object({ user: Id, device: Id }).strict().describe('Stamped by the server from the session'),
+    cmid: Id,
+    type: z.enum(['text']),
+    body: z.string().max(MAX_BODY_CHARS),
+    replyTo: z.string().optional(),
+    e2e: z.boolean(),
+    ts: z.number().int().describe('Server time, epoch milliseconds')
+  })
+  .strict()
+export type MessageEnvelope = z.infer<typeof MessageEnvelope>
+
+/** u/{userId}/r: a receipt for messages the user sent. */
+export const Receipt = z
+  .object({
+    kind: z.enum(['delivered', 'read']),
+    conversation: ConversationRef,
+    upToSeq: z.number().int().min(0).describe('Every message of this conversation up to this seq'),
+    by: Id.describe('The user who received or read'),
+    ts: z.number().int()
+  })
+  .strict()
+export type Receipt = z.infer<typeof Receipt>
+
+/** u/{userId}/e: events. */
+export const Event = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('presence'), user: Id, online: z.boolean(), lastSeen: z.number().int().optional() }).strict(),
+  z.object({ type: z.literal('typing'), conversation: ConversationRef, user: Id, state: z.enum(['typing', 'paused']) }).strict(),
+  z.object({ type: z.literal('read'), conversation: ConversationRef, seq: z.number().int().min(0) }).strict()
+])
+export type Event = z.infer<typeof Event>
+
+/** Error codes a device can receive, on its error topic or in an RPC response. */
+export const ErrorCode = z.enum([
+  'unknown_topic',
+  'forbidden',
+  'not_a_member',
+  'invalid_payload',
+  'payload_too_large',
+  'rate_limited',
+  'unknown_method',
+  'invalid_params',
+  'internal'
+])
+export type ErrorCode = z.infer<typeof ErrorCode>
+
+/** u/{userId}/d/{deviceId}/err: why a publish of this device was not accepted. */
+export const ErrorMessage = z
+  .object({
+    code: ErrorCode,
+    message: z.string(),
+    ref: z
+      .object({
+        topic: z.string().describe('Topic of the refused publish'),
+        cmid: z.string().optional().describe('Its client message id, when the payload had one'),
+        rpcId: z.string().optional().describe('Its request id, when it was an RPC request')
+      })
+      .strict(),
+    retryAfterMs: z.number().int().min(0).optional().describe('For rate_limited: when sending may resume'),
+    ts: z.number().int()
+  })
+  .strict()
+export type ErrorMessage = z.infer<typeof ErrorMessage>
+
+/** u/{userId}/d/{deviceId}/res: the answer to an RpcRequest. */
+export const RpcResponse = z.union([
+  z.object({ id: Id, ok: z.literal(true), result: z.unknown() }).strict(),
+  z.object({ id: Id, ok: z.literal(false), error: z.object({ code: ErrorCode, message: z.string() }).strict() }).strict()
+])
+export type RpcResponse = z.infer<typeof RpcResponse>
+
+/** Every payload schema, by name, for JSON Schema generation and documentation. */
+export const PAYLOAD_SCHEMAS = {
+  SendMessage,
+  ReadMarker,
+  Typing,
+  RpcRequest,
+  MessageEnvelope,
+  Receipt,
+  Event,
+  ErrorMessage,
+  RpcResponse,
+  ConversationRef
+} as const

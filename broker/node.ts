@@ -135,6 +135,7 @@ export class BrokerNode {
       log,
       hookTimeoutMs: config.mqtt.hookTimeoutMs,
       allowAnonymous: config.mqtt.allowAnonymous,
+      maxRejectionsPerSecond: config.mqtt.maxRejectionsPerSecond,
       onDecision: (hook, plugin, outcome) => metrics.hookDecisions.inc({ hook, plugin, outcome })
     })
     this.host = host
@@ -197,7 +198,6 @@ export class BrokerNode {
       persistence: this.persistence,
       heartbeatInterval: m.heartbeatIntervalMs,
       connectTimeout: m.connectTimeoutMs,
-      keepaliveLimit: m.keepaliveLimit,
       maxClientsIdLength: m.maxClientIdLength,
       concurrency: m.concurrency,
       maxTopicLevels: m.maxTopicLevels,

@@ -41,6 +41,14 @@ export interface PublishRejection {
   retryAfterMs?: number
 }
 
+export interface PublishContext {
+  /**
+   * True when the packet is the client's will being checked at CONNECT: decide whether it may be
+   * published later, but act on nothing (no side effects, no rate accounting).
+   */
+  will: boolean
+}
+
 /** Who a connection is, as established by the authenticate chain. */
 export interface Principal {
   /** Stable subject (for chat: the user id). */
@@ -80,7 +88,7 @@ export interface HookHandlers {
    *   retries after reconnecting, so use it for transient failures (a store that is down);
    * The handler may rewrite packet.payload; the next handlers see the rewrite.
    */
-  authorizePublish: (client: Client, packet: PublishPacket) => Awaitable<boolean | void | PublishRejection>
+  authorizePublish: (client: Client, packet: PublishPacket, context: PublishContext) => Awaitable<boolean | void | PublishRejection>
   /** A publish was rejected with a PublishRejection; `packet` has its original topic. Errors are logged only. */
   publishRejected: (client: Client, packet: PublishPacket, rejection: PublishRejection & { plugin: string }) => Awaitable<void>
   /**

@@ -11,6 +11,7 @@ import type { Logger } from './logger.js'
 import {
   ConnackCode,
   type HookHandlers,
+  type PublishContext,
   type PublishRejection,
   type HookName,
   type ParleyPlugin,
@@ -165,6 +166,8 @@ export interface PluginHostOptions {
   log: Logger
   hookTimeoutMs: number
   allowAnonymous: boolean
+  /** Rejected publishes per client and second before the client is disconnected instead of answered. */
+  maxRejectionsPerSecond: number
   /** Counts decisions for metrics: hook, plugin, outcome. */
   onDecision?: (hook: HookName, plugin: string, outcome: 'deny' | 'reject' | 'error' | 'timeout') => void
 }
@@ -196,6 +199,7 @@ export class PluginHost {
     shutdown: []
   }
   private readonly principals = new WeakMap<Client, Principal>()
+  private readonly rejections = new WeakMap<Client, { second: number; count: number }>()
   /** Notification hooks still running, so a stop can wait for them before shutdown hooks. */
   private readonly pending = new Set<Promise<void>>()
   private readonly apis = new Map<string, unknown>()
@@ -270,12 +274,18 @@ export class PluginHost {
         if (!client) return done(null)
         this.runAuthorizePublish(client, packet).then(
           (rejection) => {
-            if (rejection) {
-              const original = { ...packet }
-              packet.topic = REJECTED_TOPIC
-              packet.retain = false
-              void this.notify('publishRejected', client, original, rejection)
+            if (!rejection) return done(null)
+            // Answering every rejection would let a client make the broker flood it (and the
+            // cluster) with errors: past the budget it is disconnected, without a PUBACK.
+            if (!this.rejectionBudget(client)) {
+              this.opts.onDecision?.('authorizePublish', rejection.plugin, 'deny')
+              this.opts.log.warn({ clientId: client.id, max: this.opts.maxRejectionsPerSecond }, 'too many rejected publishes: disconnecting')
+              return done(new Error('too many rejected publishes'))
             }
+            const original = { ...packet }
+            packet.topic = REJECTED_TOPIC
+            packet.retain = false
+            void this.notify('publishRejected', client, original, rejection)
             done(null)
           },
           (err: Error) => done(err)
@@ -336,7 +346,7 @@ export class PluginHost {
   ): Promise<void> {
     await this.establishPrincipal(client, credentials)
     if (!will) return
-    const refusal = await this.runAuthorizePublish(client, will).then(
+    const refusal = await this.runAuthorizePublish(client, will, { will: true }).then(
       (rejection) => rejection?.message,
       (err: Error) => err.message
     )
@@ -372,11 +382,26 @@ export class PluginHost {
     this.principals.set(client, { subject: client.id, anonymous: true, attributes: {} })
   }
 
+  /** Takes one rejection from the client's budget for this second; false when it is spent. */
+  private rejectionBudget(client: Client): boolean {
+    const second = Math.floor(Date.now() / 1000)
+    const used = this.rejections.get(client)
+    const count = used?.second === second ? used.count + 1 : 1
+    this.rejections.set(client, { second, count })
+    return count <= this.opts.maxRejectionsPerSecond
+  }
+
   /** Resolves with a rejection (acknowledge, deliver nowhere), or undefined to go on; rejects to close the client. */
-  async runAuthorizePublish(client: Client, packet: PublishPacket): Promise<(PublishRejection & { plugin: string }) | undefined> {
-    if (isReserved(packet.topic)) throw new Error(`${packet.topic}: reserved topic`)
+  async runAuthorizePublish(
+    client: Client,
+    packet: PublishPacket,
+    context: PublishContext = { will: false }
+  ): Promise<(PublishRejection & { plugin: string }) | undefined> {
+    if (isReserved(packet.topic)) {
+      return { reject: 'forbidden', message: `${packet.topic.split('/')[0]}/ topics are reserved for the broker`, plugin: 'core' }
+    }
     for (const { plugin, handler } of this.handlers.authorizePublish) {
-      const answer = await this.ask('authorizePublish', plugin, () => handler(client, packet))
+      const answer = await this.ask('authorizePublish', plugin, () => handler(client, packet, context))
       if (answer === false) {
         this.opts.onDecision?.('authorizePublish', plugin, 'deny')
         throw new Error(`publish to ${packet.topic} denied by ${plugin}`)

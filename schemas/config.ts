@@ -111,10 +111,14 @@ export const ConfigSchema = z
           .default(2000)
           .describe('Cluster heartbeat; wills of a dead node are sent after about 4x this'),
         connectTimeoutMs: int(1000, 120_000).default(10_000).describe('Time a socket may take to send CONNECT'),
-        keepaliveLimit: int(0, 65535).default(0).describe('Largest keepalive (s) a client may ask for; 0 = no limit'),
-        maxClientIdLength: int(1, 65535).default(128).describe('Longest client id accepted'),
+        maxClientIdLength: int(1, 65535).default(129).describe('Longest client id accepted (MQTT 3.1 clients)'),
         concurrency: int(1, 10_000).default(100).describe('Parallel deliveries of the message emitter'),
-        maxTopicLevels: int(1, 100).default(16).describe('Deepest topic accepted'),
+        maxTopicLevels: int(1, 100)
+          .default(32)
+          .describe('Deepest topic the MQTT layer accepts (deeper closes the connection); plugins may answer lower limits politely'),
+        maxRejectionsPerSecond: int(1, 10_000)
+          .default(10)
+          .describe('Rejected publishes a client may cause per second; beyond it the client is disconnected instead of answered'),
         hookTimeoutMs: int(10, 120_000)
           .default(5000)
           .describe('Longest a plugin may take to answer a connect or authorize hook before it is denied'),

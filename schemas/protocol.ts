@@ -1,4 +1,7 @@
 // The Parley wire protocol (MQTT 3.1.1, JSON payloads): topics and every payload schema.
+// Client → server payloads are strict (an unknown field is refused: the server stamps sender,
+// ids and times itself). Server → client payloads are open: fields may be added, and clients
+// must ignore the ones they do not know.
 // docs/protocol.md explains it; `npm run schemas` writes these schemas as JSON Schema for
 // client developers (schemas/json/).
 import { z } from 'zod'
@@ -33,7 +36,7 @@ export const DOWN = {
   messages: (userId: string) => `u/${userId}/m`,
   /** Delivered and read receipts for messages the user sent. */
   receipts: (userId: string) => `u/${userId}/r`,
-  /** Events: presence, typing, read markers of the user's other devices, group changes. */
+  /** Events: presence, typing, read markers of the user's other devices. */
   events: (userId: string) => `u/${userId}/e`,
   /** Responses to one device's requests: forwarded to that device only. */
   responses: (userId: string, deviceId: string) => `u/${userId}/d/${deviceId}/res`,
@@ -134,7 +137,7 @@ export const MessageEnvelope = z
     id: z.string().min(1).max(64).describe('Server message id'),
     seq: z.number().int().min(1).describe('Per-conversation sequence number, gap-free'),
     conversation: ConversationRef,
-    from: z.object({ user: Id, device: Id }).strict().describe('Stamped by the server from the session'),
+    from: z.object({ user: Id, device: Id }).loose().describe('Stamped by the server from the session'),
     cmid: Id,
     type: z.enum(['text']),
     body: z.string().max(MAX_BODY_CHARS),
@@ -142,7 +145,7 @@ export const MessageEnvelope = z
     e2e: z.boolean(),
     ts: z.number().int().describe('Server time, epoch milliseconds')
   })
-  .strict()
+  .loose()
 export type MessageEnvelope = z.infer<typeof MessageEnvelope>
 
 /** u/{userId}/r: a receipt for messages the user sent. */
@@ -154,14 +157,14 @@ export const Receipt = z
     by: Id.describe('The user who received or read'),
     ts: z.number().int()
   })
-  .strict()
+  .loose()
 export type Receipt = z.infer<typeof Receipt>
 
 /** u/{userId}/e: events. */
 export const Event = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('presence'), user: Id, online: z.boolean(), lastSeen: z.number().int().optional() }).strict(),
-  z.object({ type: z.literal('typing'), conversation: ConversationRef, user: Id, state: z.enum(['typing', 'paused']) }).strict(),
-  z.object({ type: z.literal('read'), conversation: ConversationRef, seq: z.number().int().min(0) }).strict()
+  z.object({ type: z.literal('presence'), user: Id, online: z.boolean(), lastSeen: z.number().int().optional() }).loose(),
+  z.object({ type: z.literal('typing'), conversation: ConversationRef, user: Id, state: z.enum(['typing', 'paused']) }).loose(),
+  z.object({ type: z.literal('read'), conversation: ConversationRef, seq: z.number().int().min(0) }).loose()
 ])
 export type Event = z.infer<typeof Event>
 
@@ -190,17 +193,17 @@ export const ErrorMessage = z
         cmid: z.string().optional().describe('Its client message id, when the payload had one'),
         rpcId: z.string().optional().describe('Its request id, when it was an RPC request')
       })
-      .strict(),
+      .loose(),
     retryAfterMs: z.number().int().min(0).optional().describe('For rate_limited: when sending may resume'),
     ts: z.number().int()
   })
-  .strict()
+  .loose()
 export type ErrorMessage = z.infer<typeof ErrorMessage>
 
 /** u/{userId}/d/{deviceId}/res: the answer to an RpcRequest. */
 export const RpcResponse = z.union([
-  z.object({ id: Id, ok: z.literal(true), result: z.unknown() }).strict(),
-  z.object({ id: Id, ok: z.literal(false), error: z.object({ code: ErrorCode, message: z.string() }).strict() }).strict()
+  z.object({ id: Id, ok: z.literal(true), result: z.unknown() }).loose(),
+  z.object({ id: Id, ok: z.literal(false), error: z.object({ code: ErrorCode, message: z.string() }).loose() }).loose()
 ])
 export type RpcResponse = z.infer<typeof RpcResponse>
 

@@ -85,8 +85,10 @@ export default definePlugin({
       ctx.hook('clientReady', (client) => {
         const expiresAt = ctx.principal(client)?.attributes.expiresAt
         if (typeof expiresAt !== 'number') return
-        // setTimeout holds at most ~24.8 days; a longer token is re-armed on its next connection.
-        const ms = Math.min(expiresAt * 1000 - Date.now(), 2 ** 31 - 1)
+        // The session lasts as long as the token is accepted (exp plus the clock skew), so a token
+        // accepted within the skew does not close at once and loop. setTimeout holds at most ~24.8
+        // days; a longer-lived session is simply re-armed at its next connection.
+        const ms = Math.min((expiresAt + config.clockSkewSeconds) * 1000 - Date.now(), 2 ** 31 - 1)
         const timer = setTimeout(() => {
           timers.delete(client)
           expiries.inc()

@@ -76,8 +76,12 @@ export async function createVerifier(config: AuthJwtConfig, dataDir: string): Pr
       if (!secret) throw new Error('HS256 is not accepted')
       return secret
     }
-    const candidates = staticKeys.filter((k) => k.alg === header.alg && (!header.kid || !k.kid || k.kid === header.kid))
-    if (candidates[0]) return candidates[0].key
+    // A key id names one key: a configured key with that id, else the identity provider's set.
+    const exact = header.kid ? staticKeys.find((k) => k.alg === header.alg && k.kid === header.kid) : undefined
+    if (exact) return exact.key
+    if (remote && header.kid) return remote(header, token)
+    const loose = staticKeys.find((k) => k.alg === header.alg && (!header.kid || !k.kid))
+    if (loose) return loose.key
     if (remote) return remote(header, token)
     throw new Error(`no key for alg ${header.alg}${header.kid ? ` kid ${header.kid}` : ''}`)
   }

@@ -1,9 +1,11 @@
 // limits: the per-client and per-address bounds every public broker needs. Generic MQTT, no chat.
 //   connect    keepalive bounds and a per-IP connection rate (refused without CONNACK: cheap)
 //   publish    topic length and depth, payload size, and a token bucket per client for messages
-//              and bytes; an over-limit publish is acknowledged and rejected with a code
-//              (payload_too_large, rate_limited + retryAfterMs) so the client is told, not
-//              disconnected; a client that keeps flooding is disconnected
+//              and bytes. A QoS 1/2 publish over the rate is held (its PUBACK waits) until the
+//              bucket has refilled, up to publish.maxDelayMs: back-pressure, nothing lost. Past
+//              that, and for QoS 0, it is acknowledged and rejected with a code (rate_limited +
+//              retryAfterMs, payload_too_large). The core disconnects a client that keeps being
+//              rejected (mqtt.maxRejectionsPerSecond).
 //   subscribe  topic length and depth, and a maximum number of subscriptions per client
 import type { Client } from 'aedes'
 import { z } from 'zod'
@@ -22,8 +24,8 @@ export const LimitsConfig = z
         burstMessages: z.number().positive().default(50),
         bytesPerSecond: z.number().positive().default(256 * 1024),
         burstBytes: z.number().positive().default(1024 * 1024),
-        /** Rejected publishes within 10 s after which the client is disconnected. */
-        disconnectAfterRejections: z.number().int().positive().default(200)
+        /** Longest a QoS 1/2 publish over the rate is held before it is rejected. */
+        maxDelayMs: z.number().int().min(0).max(60_000).default(2000)
       })
       .strict()
       .prefault({}),
@@ -51,7 +53,6 @@ interface ClientState {
   messages: TokenBucket
   bytes: TokenBucket
   subscriptions: Set<string>
-  rejections: number[]
 }
 
 /** The remote address of a connection (TCP, TLS or WebSocket). */
@@ -76,8 +77,7 @@ export default definePlugin({
         s = {
           messages: new TokenBucket(c.publish.messagesPerSecond, c.publish.burstMessages),
           bytes: new TokenBucket(c.publish.bytesPerSecond, c.publish.burstBytes),
-          subscriptions: new Set(),
-          rejections: []
+          subscriptions: new Set()
         }
         states.set(client, s)
       }
@@ -90,17 +90,17 @@ export default definePlugin({
       return undefined
     }
 
-    /** Counts a rejection; a client that keeps being rejected is flooding and is disconnected. */
-    const rejected = (client: Client, s: ClientState, rejection: PublishRejection): PublishRejection => {
-      const now = Date.now()
-      s.rejections.push(now)
-      while (s.rejections.length && s.rejections[0]! < now - 10_000) s.rejections.shift()
-      if (s.rejections.length >= c.publish.disconnectAfterRejections) {
-        hit('flood_disconnect')
-        ctx.log.warn({ clientId: client.id, rejections: s.rejections.length }, 'client keeps exceeding its limits: disconnecting')
-        setImmediate(() => client.close())
+    /** Takes a message and its bytes from the client's buckets, waiting up to `maxWaitMs` for them. */
+    const admit = async (s: ClientState, size: number, maxWaitMs: number): Promise<number | undefined> => {
+      for (;;) {
+        const wait = Math.max(s.messages.msUntil(1), s.bytes.msUntil(size))
+        if (wait === 0 && s.messages.take(1) && s.bytes.take(size)) return undefined
+        if (!Number.isFinite(wait)) return 1000
+        if (wait > maxWaitMs) return wait
+        maxWaitMs -= wait
+        hit('publish_delayed')
+        await new Promise((r) => setTimeout(r, wait))
       }
-      return rejection
     }
 
     ctx.hook('connect', (client, packet) => {
@@ -121,24 +121,24 @@ export default definePlugin({
       }
     })
 
-    ctx.hook('authorizePublish', (client, packet) => {
-      const s = stateOf(client)
+    ctx.hook('authorizePublish', async (client, packet, { will }): Promise<PublishRejection | undefined> => {
       const problem = topicProblem(packet.topic)
       if (problem) {
         hit('topic')
-        return rejected(client, s, { reject: 'forbidden', message: problem })
+        return { reject: 'forbidden', message: problem }
       }
       const size = packet.payload.length
       if (size > c.maxPayloadBytes) {
         hit('payload_size')
-        return rejected(client, s, { reject: 'payload_too_large', message: `payload of ${size} bytes exceeds ${c.maxPayloadBytes}` })
+        return { reject: 'payload_too_large', message: `payload of ${size} bytes exceeds ${c.maxPayloadBytes}` }
       }
-      if (!s.messages.take(1) || !s.bytes.take(size)) {
+      if (will) return undefined // checked at CONNECT: nothing is sent yet, nothing to count
+      const retryAfterMs = await admit(stateOf(client), size, packet.qos > 0 ? c.publish.maxDelayMs : 0)
+      if (retryAfterMs !== undefined) {
         hit('publish_rate')
-        const wait = Math.max(s.messages.msUntil(1), s.bytes.msUntil(size))
-        const retryAfterMs = Number.isFinite(wait) ? wait : 1000
-        return rejected(client, s, { reject: 'rate_limited', message: 'publishing too fast', retryAfterMs })
+        return { reject: 'rate_limited', message: 'publishing too fast', retryAfterMs }
       }
+      return undefined
     })
 
     ctx.hook('authorizeSubscribe', (client, sub) => {

@@ -26,8 +26,7 @@ import { MembershipCache, type MembershipSource } from './membership.js'
 export const ProtocolConfig = z
   .object({
     membershipCacheTtlMs: z.number().int().min(0).default(60_000).describe('How long a membership answer is reused'),
-    membershipCacheSize: z.number().int().positive().default(100_000),
-    maxErrorsPerSecond: z.number().int().positive().default(5).describe('Error messages sent to one device per second, at most')
+    membershipCacheSize: z.number().int().positive().default(100_000)
   })
   .strict()
 
@@ -53,7 +52,7 @@ export interface ProtocolApi {
   /** Answer requests for `method` on s/rpc. */
   registerMethod<P extends z.ZodType>(method: string, definition: RpcMethod<P>): void
   /** Send an error to one device (on u/{userId}/d/{deviceId}/err). */
-  sendError(device: Device, error: Omit<ErrorMessage, 'ts'>): Promise<void>
+  sendError(device: Device, error: Pick<ErrorMessage, 'code' | 'message' | 'ref' | 'retryAfterMs'>): Promise<void>
 }
 
 declare module '../../broker/plugin-api.js' {
@@ -103,7 +102,6 @@ export default definePlugin({
     const { config } = ctx
     const membership = new MembershipCache(config.membershipCacheTtlMs, config.membershipCacheSize)
     const methods = new Map<string, RpcMethod<z.ZodType>>()
-    const errorBudget = new Map<string, { second: number; sent: number }>()
     const rejections = ctx.metrics.counter({ name: 'protocol_rejections_total', help: 'Publishes refused by the protocol, by error code', labelNames: ['code'] })
     const deniedSubs = ctx.metrics.counter({ name: 'protocol_subscriptions_denied_total', help: 'Subscriptions refused (SUBACK 0x80)' })
     const rpcs = ctx.metrics.counter({ name: 'rpc_requests_total', help: 'RPC requests by method and outcome', labelNames: ['method', 'outcome'] })
@@ -122,12 +120,10 @@ export default definePlugin({
       membership.invalidate(groupId, userId)
     })
 
-    const sendError = async (device: Device, error: Omit<ErrorMessage, 'ts'>): Promise<void> => {
+    // Error storms are bounded by the core: a client rejected more than mqtt.maxRejectionsPerSecond
+    // times a second is disconnected, so every rejection that is acknowledged gets its answer.
+    const sendError = async (device: Device, error: Pick<ErrorMessage, 'code' | 'message' | 'ref' | 'retryAfterMs'>): Promise<void> => {
       const key = `${device.userId}:${device.deviceId}`
-      const second = Math.floor(Date.now() / 1000)
-      const budget = errorBudget.get(key)
-      if (budget && budget.second === second && budget.sent >= config.maxErrorsPerSecond) return // no error storms
-      errorBudget.set(key, { second, sent: budget?.second === second ? budget.sent + 1 : 1 })
       const message: ErrorMessage = { ...error, ts: Date.now() }
       await ctx.deliver(key, { topic: DOWN.errors(device.userId, device.deviceId), payload: JSON.stringify(message), qos: 1 })
     }
@@ -162,7 +158,7 @@ export default definePlugin({
       }
     }
 
-    const authorizeUp = async (device: Device, packet: PublishPacket): Promise<PublishRejection | undefined> => {
+    const authorizeUp = async (device: Device, packet: PublishPacket, will: boolean): Promise<PublishRejection | undefined> => {
       const up = parseUpTopic(packet.topic)
       if (!up) {
         return reject(
@@ -203,6 +199,7 @@ export default definePlugin({
         case 'rpc': {
           const request = parsePayload(RpcRequest, packet.payload)
           if (!request.ok) return request.rejection
+          if (will) return undefined // a will is only checked at CONNECT; it is dispatched if it is ever sent
           // Answer after the PUBACK: the request is accepted, the response follows on the device's tree.
           setImmediate(() => void dispatch(device, request.value).catch((err: unknown) => ctx.log.error({ err }, 'rpc dispatch failed')))
           return undefined
@@ -210,10 +207,10 @@ export default definePlugin({
       }
     }
 
-    ctx.hook('authorizePublish', async (client, packet) => {
+    ctx.hook('authorizePublish', async (client, packet, { will }) => {
       const device = deviceOf(client)
       if (!device) return reject('forbidden', 'this connection has no user identity')
-      return authorizeUp(device, packet)
+      return authorizeUp(device, packet, will)
     })
 
     ctx.hook('publishRejected', async (client, packet, rejection) => {
@@ -251,10 +248,6 @@ export default definePlugin({
       // Defence in depth: a client receives only its own user tree, and device topics only for itself.
       if (!target || !device || target.userId !== device.userId) return null
       if (target.deviceId !== undefined && target.deviceId !== device.deviceId) return null
-    })
-
-    ctx.hook('clientDisconnect', (client) => {
-      errorBudget.delete(client.id)
     })
 
     methods.set('ping', {

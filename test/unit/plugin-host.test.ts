@@ -25,6 +25,7 @@ function newHost(opts: Partial<ConstructorParameters<typeof PluginHost>[0]> = {}
     log,
     hookTimeoutMs: 200,
     allowAnonymous: true,
+    maxRejectionsPerSecond: 10,
     onDecision: (hook, plugin, outcome) => decisions.push(`${hook}:${plugin}:${outcome}`),
     ...opts
   })
@@ -243,6 +244,25 @@ describe('authorize chains', () => {
     assert.deepEqual(decisions, ['authorizePublish:check:deny'])
   })
 
+  it('publish: a rejection stops the chain and names its plugin; wills are flagged to plugins', async () => {
+    const { host, decisions } = newHost()
+    const seen: string[] = []
+    host.add('limits', 'authorizePublish', (_c, p, context) => {
+      seen.push(`limits:${context.will}`)
+      return p.topic === 'big' ? { reject: 'payload_too_large', message: 'too big', retryAfterMs: 5 } : undefined
+    })
+    host.add('later', 'authorizePublish', () => void seen.push('later'))
+    assert.deepEqual(await host.runAuthorizePublish(client(), packet('big')), {
+      reject: 'payload_too_large',
+      message: 'too big',
+      retryAfterMs: 5,
+      plugin: 'limits'
+    })
+    await host.runAuthenticate(client('w'), {}, packet('fine'))
+    assert.deepEqual(seen, ['limits:false', 'limits:true', 'later'])
+    assert.deepEqual(decisions, ['authorizePublish:limits:reject'])
+  })
+
   it('publish: a throw or a timeout denies', async () => {
     const { host } = newHost()
     host.add('boom', 'authorizePublish', () => {
@@ -263,8 +283,12 @@ describe('authorize chains', () => {
     host.add('p', 'authorizeSubscribe', () => {
       asked = true
     })
-    await assert.rejects(host.runAuthorizePublish(client(), packet('$SYS/x/heartbeat')), /reserved topic/)
-    await assert.rejects(host.runAuthorizePublish(client(), packet('$parley/deliver/x')), /reserved topic/)
+    assert.deepEqual(await host.runAuthorizePublish(client(), packet('$SYS/x/heartbeat')), {
+      reject: 'forbidden',
+      message: '$SYS/ topics are reserved for the broker',
+      plugin: 'core'
+    })
+    assert.equal((await host.runAuthorizePublish(client(), packet('$parley/deliver')))?.reject, 'forbidden')
     assert.equal(await host.runAuthorizeSubscribe(client(), { topic: '$SYS/#', qos: 0 }), null)
     assert.equal(asked, false)
   })

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { describe, it } from 'node:test'
 import { parse } from 'yaml'
 import { formatProblems, loadConfig } from '../../broker/config.js'
+import { AuthJwtConfig } from '../../plugins/auth-jwt/config.js'
 
 const root = fileURLToPath(new URL('../../', import.meta.url))
 const read = (file: string) => readFileSync(root + file, 'utf8')
@@ -86,7 +87,11 @@ describe('docker-compose.yml', () => {
   for (const [name, service] of brokers) {
     it(`${name}: its environment is a valid broker configuration using every backend`, () => {
       const env = environmentOf(service)
-      const result = loadConfig({ env })
+      // The node reads PARLEY_CONFIG (mounted from deploy/parley.yaml) plus its environment.
+      const mounted = (service.volumes as string[]).find((v) => v.endsWith(':/app/config/parley.yaml:ro'))
+      assert.equal(env.PARLEY_CONFIG, '/app/config/parley.yaml')
+      assert.ok(mounted, 'deploy/parley.yaml is mounted where PARLEY_CONFIG points')
+      const result = loadConfig({ env: { ...env, PARLEY_CONFIG: root + mounted.split(':')[0]!.replace(/^\.\//, '') } })
       if (!result.ok) assert.fail(`${name} would refuse to start.\n${formatProblems(result.problems)}`)
       const { config } = result
       assert.equal(config.redis.url, 'redis://redis:6379', 'REDIS_URL is set, so the nodes cluster')
@@ -100,6 +105,13 @@ describe('docker-compose.yml', () => {
       const minio = environmentOf(services.minio!)
       assert.equal(config.s3.accessKey, minio.MINIO_ROOT_USER)
       assert.equal(config.s3.secretKey, minio.MINIO_ROOT_PASSWORD)
+      // Every node verifies tokens with the same secret, given as a compose secret.
+      const auth = config.plugins.find((p) => typeof p !== 'string' && p.use === 'auth-jwt')
+      assert.ok(auth && typeof auth !== 'string')
+      const parsedAuth = AuthJwtConfig.parse(auth.config ?? {})
+      assert.equal(parsedAuth.hs256.secretFile, '/run/secrets/parley_jwt')
+      assert.deepEqual(service.secrets, ['parley_jwt'])
+      assert.deepEqual(config.plugins.map((p) => (typeof p === 'string' ? p : p.use)), ['auth-jwt', 'limits', 'protocol'])
     })
 
     it(`${name}: has a /readyz healthcheck and waits for healthy backends`, () => {
@@ -122,7 +134,8 @@ describe('docker-compose.yml', () => {
 
   it('refuses a broker environment with an invalid value (the validation above checks something)', () => {
     const [, first] = brokers[0]!
-    const env = { ...environmentOf(first), PARLEY_LISTENERS__TCP__PORT: '99999' }
+    const { PARLEY_CONFIG: _file, ...fromCompose } = environmentOf(first)
+    const env = { ...fromCompose, PARLEY_LISTENERS__TCP__PORT: '99999' }
     const result = loadConfig({ env })
     assert.equal(result.ok, false, 'port 99999 is refused')
     if (result.ok) return
@@ -130,8 +143,9 @@ describe('docker-compose.yml', () => {
       result.problems.map((p) => [p.path, p.source]),
       [['listeners.tcp.port', 'env PARLEY_LISTENERS__TCP__PORT']]
     )
-    const noSecret = { ...environmentOf(first), S3_SECRET_KEY: '' }
-    assert.equal(loadConfig({ env: noSecret }).ok, false, 'an S3 endpoint without its secret key is refused')
+    const noSecret = loadConfig({ env: { ...fromCompose, S3_SECRET_KEY: '' } })
+    assert.equal(noSecret.ok, false, 'an S3 endpoint without its secret key is refused')
+    if (!noSecret.ok) assert.deepEqual(noSecret.problems.map((p) => p.path), ['s3.secretKey'])
   })
 
   it('interpolates compose variables like compose does with none set', () => {

@@ -81,7 +81,7 @@ export interface HookHandlers {
    */
   authenticate: (client: Client, credentials: Credentials) => Awaitable<AuthenticateResult | undefined>
   /**
-   * May the client publish this packet? Three answers besides passing (undefined/true):
+   * May the client publish this packet? Two answers besides passing (undefined/true):
    * - a PublishRejection: the publish is acknowledged (PUBACK) but delivered nowhere, and
    *   publishRejected runs so the client can be told why; the right answer for permanent errors;
    * - false, or a throw: Aedes closes the client, the only refusal MQTT 3.1.1 has; the client

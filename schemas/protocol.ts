@@ -136,7 +136,7 @@ export const MessageEnvelope = z
   .object({
     id: z.string().min(1).max(64).describe('Server message id'),
     seq: z.number().int().min(1).describe('Per-conversation sequence number, gap-free'),
-    conversation: ConversationRef,
+    conversation: ConversationRef.loose(),
     from: z.object({ user: Id, device: Id }).loose().describe('Stamped by the server from the session'),
     cmid: Id,
     type: z.enum(['text']),
@@ -152,7 +152,7 @@ export type MessageEnvelope = z.infer<typeof MessageEnvelope>
 export const Receipt = z
   .object({
     kind: z.enum(['delivered', 'read']),
-    conversation: ConversationRef,
+    conversation: ConversationRef.loose(),
     upToSeq: z.number().int().min(0).describe('Every message of this conversation up to this seq'),
     by: Id.describe('The user who received or read'),
     ts: z.number().int()
@@ -163,8 +163,8 @@ export type Receipt = z.infer<typeof Receipt>
 /** u/{userId}/e: events. */
 export const Event = z.discriminatedUnion('type', [
   z.object({ type: z.literal('presence'), user: Id, online: z.boolean(), lastSeen: z.number().int().optional() }).loose(),
-  z.object({ type: z.literal('typing'), conversation: ConversationRef, user: Id, state: z.enum(['typing', 'paused']) }).loose(),
-  z.object({ type: z.literal('read'), conversation: ConversationRef, seq: z.number().int().min(0) }).loose()
+  z.object({ type: z.literal('typing'), conversation: ConversationRef.loose(), user: Id, state: z.enum(['typing', 'paused']) }).loose(),
+  z.object({ type: z.literal('read'), conversation: ConversationRef.loose(), seq: z.number().int().min(0) }).loose()
 ])
 export type Event = z.infer<typeof Event>
 

@@ -24,7 +24,7 @@ export const LimitsConfig = z
         burstMessages: z.number().positive().default(50),
         bytesPerSecond: z.number().positive().default(256 * 1024),
         burstBytes: z.number().positive().default(1024 * 1024),
-        /** Longest a QoS 1/2 publish over the rate is held before it is rejected. */
+        /** Longest a QoS 1/2 publish over the rate is held before it is rejected; keep it below mqtt.hookTimeoutMs. */
         maxDelayMs: z.number().int().min(0).max(60_000).default(2000)
       })
       .strict()

@@ -212,6 +212,16 @@ export class BrokerNode {
       connections: new Counter({ name: 'parley_connections_total', help: 'MQTT clients that completed CONNECT', registers: [r] }),
       published: new Counter({ name: 'parley_messages_published_total', help: 'Messages published by clients', labelNames: ['qos'], registers: [r] }),
       clientErrors: new Counter({ name: 'parley_client_errors_total', help: 'Client and connection errors (protocol errors, resets)', registers: [r] }),
+      connectTimeouts: new Counter({
+        name: 'parley_connect_timeouts_total',
+        help: 'Sockets closed because no CONNECT arrived within mqtt.connectTimeoutMs',
+        registers: [r]
+      }),
+      keepaliveTimeouts: new Counter({
+        name: 'parley_keepalive_timeouts_total',
+        help: 'Clients closed because they were silent for 1.5x their keepalive',
+        registers: [r]
+      }),
       hookDecisions: new Counter({
         name: 'parley_hook_denials_total',
         help: 'Plugin hooks that denied, failed or timed out',
@@ -254,9 +264,13 @@ export class BrokerNode {
     })
     aedes.on('connectionError', (client, err) => {
       metrics.clientErrors.inc()
+      if (err.message === 'connect did not arrive in time') metrics.connectTimeouts.inc()
       log.debug({ clientId: client.id, err: err.message }, 'connection error')
     })
-    aedes.on('keepaliveTimeout', (client) => log.debug({ clientId: client.id }, 'keepalive timeout'))
+    aedes.on('keepaliveTimeout', (client) => {
+      metrics.keepaliveTimeouts.inc()
+      log.debug({ clientId: client.id }, 'keepalive timeout')
+    })
     // Without a listener an 'error' event would crash the process.
     aedes.on('error' as 'closed', (err?: unknown) => log.error({ err }, 'broker error'))
   }

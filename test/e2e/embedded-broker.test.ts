@@ -117,6 +117,22 @@ describe('bare broker process (the MQTT relay without plugins, anonymous)', () =
   })
 })
 
+describe('slow and silent clients', () => {
+  it('closes a socket that sends no CONNECT in time, and counts it', async () => {
+    const broker = await startBroker({ env: { ...BARE, PARLEY_MQTT__CONNECT_TIMEOUT_MS: '1000' } })
+    try {
+      const { connect } = await import('node:net')
+      const socket = connect({ host: '127.0.0.1', port: broker.ports.tcp! })
+      socket.on('error', () => undefined)
+      await new Promise<void>((resolve) => socket.once('close', () => resolve()))
+      const metrics = await (await fetch(`http://127.0.0.1:${broker.ports.ops}/metrics`)).text()
+      assert.match(metrics, /^parley_connect_timeouts_total 1$/m)
+    } finally {
+      await broker.stop()
+    }
+  })
+})
+
 describe('broker id', () => {
   it('is new at every start of the same node name', async () => {
     const a = await startBroker({ env: { PARLEY_NODE_NAME: 'same-node' } })

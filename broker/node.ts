@@ -224,7 +224,7 @@ export class BrokerNode {
       }),
       hookDecisions: new Counter({
         name: 'parley_hook_denials_total',
-        help: 'Plugin hooks that denied, failed or timed out',
+        help: 'Plugin hook decisions against a client: deny (closed), reject (acknowledged), error and timeout (fail closed)',
         labelNames: ['hook', 'plugin', 'outcome'],
         registers: [r]
       }),
@@ -244,7 +244,9 @@ export class BrokerNode {
     aedes.on('client', () => metrics.connections.inc())
     aedes.on('clientReady', (client) => void host.notify('clientReady', client))
     aedes.on('clientDisconnect', (client) => {
-      void host.notify('clientDisconnect', client).finally(() => host.forget(client))
+      // The principal outlives the connection (it is weakly held): Aedes checks the will again
+      // while closing, after this event.
+      void host.notify('clientDisconnect', client)
     })
     aedes.on('ack', (packet, client) => {
       if (host.hasHandlers('deliveryAck')) void host.notify('deliveryAck', client, packet)
@@ -308,10 +310,12 @@ export class BrokerNode {
           topic,
           (packet, cb) => {
             cb()
+            const failed = (err: unknown) => this.log.error({ plugin, topic, err }, 'cluster channel handler failed')
             try {
-              handler(JSON.parse(Buffer.from(packet.payload).toString('utf8')) as unknown, String(packet.origin ?? ''))
+              const result: unknown = handler(JSON.parse(Buffer.from(packet.payload).toString('utf8')) as unknown, String(packet.origin ?? ''))
+              if (result instanceof Promise) result.catch(failed)
             } catch (err) {
-              this.log.error({ plugin, topic, err }, 'cluster channel handler failed')
+              failed(err)
             }
           },
           resolve
@@ -327,6 +331,7 @@ export class BrokerNode {
     }
     return {
       broadcast: async (channel, data) => {
+        if (data === undefined) throw new Error('cluster broadcast needs JSON-serialisable data, not undefined')
         const internals = this.requireAedes() as unknown as AedesInternals
         const packet = { topic: topicOf(channel), payload: Buffer.from(JSON.stringify(data)), origin: this.brokerId }
         await new Promise<void>((resolve, reject) => internals.mq.emit(packet, (err) => (err ? reject(err) : resolve())))
@@ -427,6 +432,7 @@ export class BrokerNode {
       config: pluginConfig,
       log: this.log.child({ plugin: plugin.name }),
       brokerId: this.brokerId,
+      hookTimeoutMs: this.config.mqtt.hookTimeoutMs,
       dataDir: resolve(this.config.dataDir),
       backends: this.backends!.backends,
       metrics: this.pluginMetrics(),

@@ -167,6 +167,8 @@ export interface PluginContext<Config = unknown> {
   /** This plugin's section of the configuration, validated by its schema. */
   readonly config: Config
   readonly log: Logger
+  /** How long a decision hook (connect, authenticate, authorize*) may take before it is denied. */
+  readonly hookTimeoutMs: number
   /** The unique id of this broker process (changes at every start). */
   readonly brokerId: string
   /** Directory where embedded stores keep their files. */

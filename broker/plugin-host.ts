@@ -42,7 +42,10 @@ export interface LoadedPlugin {
 }
 
 const PluginShape = z.object({
-  name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { error: 'expected a lowercase name of letters, digits and -' }),
+  name: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { error: 'expected a lowercase name of letters, digits and -' })
+    .refine((n) => n !== 'core', { error: '"core" is reserved for the broker itself' }),
   dependencies: z.array(z.string()).optional(),
   register: z.custom<(...args: unknown[]) => unknown>((v) => typeof v === 'function', { error: 'expected a function' })
 })
@@ -199,7 +202,7 @@ export class PluginHost {
     shutdown: []
   }
   private readonly principals = new WeakMap<Client, Principal>()
-  private readonly rejections = new WeakMap<Client, { second: number; count: number }>()
+  private readonly rejections = new WeakMap<Client, { second: number; count: number; closing: boolean }>()
   /** Notification hooks still running, so a stop can wait for them before shutdown hooks. */
   private readonly pending = new Set<Promise<void>>()
   private readonly apis = new Map<string, unknown>()
@@ -277,9 +280,12 @@ export class PluginHost {
             if (!rejection) return done(null)
             // Answering every rejection would let a client make the broker flood it (and the
             // cluster) with errors: past the budget it is disconnected, without a PUBACK.
-            if (!this.rejectionBudget(client)) {
-              this.opts.onDecision?.('authorizePublish', rejection.plugin, 'deny')
-              this.opts.log.warn({ clientId: client.id, max: this.opts.maxRejectionsPerSecond }, 'too many rejected publishes: disconnecting')
+            const budget = this.rejectionBudget(client)
+            if (budget !== 'ok') {
+              if (budget === 'spent') {
+                this.opts.onDecision?.('authorizePublish', rejection.plugin, 'deny')
+                this.opts.log.warn({ clientId: client.id, max: this.opts.maxRejectionsPerSecond }, 'too many rejected publishes: disconnecting')
+              }
               return done(new Error('too many rejected publishes'))
             }
             const original = { ...packet }
@@ -382,13 +388,19 @@ export class PluginHost {
     this.principals.set(client, { subject: client.id, anonymous: true, attributes: {} })
   }
 
-  /** Takes one rejection from the client's budget for this second; false when it is spent. */
-  private rejectionBudget(client: Client): boolean {
+  /**
+   * Takes one rejection from the client's budget for this second: 'ok', or 'spent' the first time
+   * it runs out ('again' after that: Aedes handles a whole socket read at once, so more of the
+   * flood may still arrive before the connection is gone).
+   */
+  private rejectionBudget(client: Client): 'ok' | 'spent' | 'again' {
     const second = Math.floor(Date.now() / 1000)
     const used = this.rejections.get(client)
+    if (used?.closing) return 'again'
     const count = used?.second === second ? used.count + 1 : 1
-    this.rejections.set(client, { second, count })
-    return count <= this.opts.maxRejectionsPerSecond
+    const spent = count > this.opts.maxRejectionsPerSecond
+    this.rejections.set(client, { second, count, closing: spent })
+    return spent ? 'spent' : 'ok'
   }
 
   /** Resolves with a rejection (acknowledge, deliver nowhere), or undefined to go on; rejects to close the client. */
@@ -407,6 +419,11 @@ export class PluginHost {
         throw new Error(`publish to ${packet.topic} denied by ${plugin}`)
       }
       if (typeof answer === 'object' && answer !== null) {
+        if (typeof answer.reject !== 'string' || typeof answer.message !== 'string') {
+          // A malformed answer is a plugin bug: fail closed like a throw.
+          this.fail('authorizePublish', plugin, new Error('authorizePublish returned an object without reject and message'))
+          throw new Error(`invalid authorizePublish answer from ${plugin}`)
+        }
         this.opts.onDecision?.('authorizePublish', plugin, 'reject')
         return { ...answer, plugin }
       }
@@ -489,9 +506,5 @@ export class PluginHost {
         this.opts.log.error({ hook: 'shutdown', plugin, err }, 'plugin shutdown failed')
       }
     }
-  }
-
-  forget(client: Client): void {
-    this.principals.delete(client)
   }
 }

@@ -70,6 +70,11 @@ export default definePlugin({
     const perIp = new Map<string, TokenBucket>()
     const hits = ctx.metrics.counter({ name: 'limits_hits_total', help: 'Limits enforced, by limit', labelNames: ['limit'] })
     const hit = (limit: string) => hits.inc({ limit })
+    // A hold longer than the hook timeout would fail closed and disconnect: stay below it.
+    const maxHoldMs = Math.min(c.publish.maxDelayMs, Math.max(ctx.hookTimeoutMs - 500, 0))
+    if (maxHoldMs < c.publish.maxDelayMs) {
+      ctx.log.warn({ maxDelayMs: c.publish.maxDelayMs, hookTimeoutMs: ctx.hookTimeoutMs, used: maxHoldMs }, 'publish.maxDelayMs capped below mqtt.hookTimeoutMs')
+    }
 
     const stateOf = (client: Client): ClientState => {
       let s = states.get(client)
@@ -133,7 +138,7 @@ export default definePlugin({
         return { reject: 'payload_too_large', message: `payload of ${size} bytes exceeds ${c.maxPayloadBytes}` }
       }
       if (will) return undefined // checked at CONNECT: nothing is sent yet, nothing to count
-      const retryAfterMs = await admit(stateOf(client), size, packet.qos > 0 ? c.publish.maxDelayMs : 0)
+      const retryAfterMs = await admit(stateOf(client), size, packet.qos > 0 ? maxHoldMs : 0)
       if (retryAfterMs !== undefined) {
         hit('publish_rate')
         return { reject: 'rate_limited', message: 'publishing too fast', retryAfterMs }

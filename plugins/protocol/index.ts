@@ -233,8 +233,10 @@ export default definePlugin({
       const device = deviceOf(client)
       const levels = sub.topic.split('/')
       const own = device && levels[0] === 'u' && levels[1] === device.userId
-      // Inside one's tree, another device's private subtree is off limits too.
-      const otherDevice = own && levels[2] === 'd' && levels.length > 3 && levels[3] !== device.deviceId && levels[3] !== '#'
+      // Inside one's tree, another device's private subtree is off limits too (u/{me}/d/{other}/...,
+      // and wildcards that single it out such as u/{me}/+/{other}/...).
+      const otherDevice =
+        own && (levels[2] === 'd' || levels[2] === '+') && levels.length > 3 && levels[3] !== device.deviceId && levels[3] !== '#'
       if (!own || otherDevice) {
         deniedSubs.inc()
         ctx.log.debug({ clientId: client.id, topic: sub.topic }, 'subscription outside the user tree refused')

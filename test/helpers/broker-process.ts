@@ -77,6 +77,10 @@ export async function startBroker(
     env,
     stdio: ['ignore', 'pipe', 'pipe']
   })
+  // If the test process ends first (a failure, a timeout), the broker must not outlive it.
+  const killOnExit = () => child.kill('SIGKILL')
+  process.once('exit', killOnExit)
+  child.once('exit', () => process.off('exit', killOnExit))
   const logs: LogLine[] = []
   const stderr: string[] = []
   const ports: Record<string, number> = {}

@@ -1,24 +1,10 @@
 // The plugin host's hooks driven by real MQTT clients against an in-process node.
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import mqtt, { type MqttClient } from 'mqtt'
+import type { MqttClient } from 'mqtt'
 import { ConnackCode, definePlugin, type PluginContext } from '../../broker/plugin-api.js'
 import { eventually } from '../helpers/broker-process.js'
-import { connectClient, nextMessage, startNode, type TestNode } from '../helpers/node.js'
-
-/** Connects and resolves with the CONNACK return code mqtt.js reports (0 when accepted). */
-async function connackCode(url: string, options: mqtt.IClientOptions): Promise<number | 'closed'> {
-  const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 5000, ...options })
-  try {
-    return await new Promise((resolve) => {
-      client.once('connect', () => resolve(0))
-      client.once('error', (err) => resolve((err as Error & { code?: number }).code ?? 'closed'))
-      client.once('close', () => resolve('closed'))
-    })
-  } finally {
-    client.end(true)
-  }
-}
+import { connackCode, connectClient, nextMessage, startNode, type TestNode } from '../helpers/node.js'
 
 describe('hooks over real MQTT', () => {
   let t: TestNode

@@ -10,13 +10,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { SignJWT, generateKeyPair, type JWTPayload } from 'jose'
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
+import type { IClientOptions, MqttClient } from 'mqtt'
 import { stringify as toYaml } from 'yaml'
 import { AuthJwtConfig } from '../../plugins/auth-jwt/config.js'
 import { loadHs256Secret, mintToken } from '../../plugins/auth-jwt/keys.js'
 import { ErrorMessage, RpcResponse } from '../../schemas/protocol.js'
 import { eventually, isolatedEnv, runParley, startBroker, type BrokerProcess } from '../helpers/broker-process.js'
-import { connectClient } from '../helpers/node.js'
+import { connackCode as connackCodeOf, connectClient } from '../helpers/node.js'
 
 // ---------------------------------------------------------------------------------------------
 // Configuration: small limits so that floods are cheap to trigger.
@@ -120,19 +120,8 @@ const errTopic = (d: Pick<Device, 'userId' | 'deviceId'>) => `u/${d.userId}/d/${
  */
 const NO_USERNAME = { username: '' } as const
 
-/** Connects and resolves with the CONNACK return code mqtt.js reports (0 when accepted), or 'closed' without CONNACK. */
-async function connackCode(url: string, options: IClientOptions): Promise<number | 'closed'> {
-  const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 5000, ...NO_USERNAME, ...options })
-  try {
-    return await new Promise((resolve) => {
-      client.once('connect', () => resolve(0))
-      client.once('error', (err) => resolve((err as Error & { code?: number }).code ?? 'closed'))
-      client.once('close', () => resolve('closed'))
-    })
-  } finally {
-    client.end(true)
-  }
-}
+/** CONNACK code of an attempt (see the helper), sending an empty username unless one is given. */
+const connackCode = (url: string, options: IClientOptions) => connackCodeOf(url, { ...NO_USERNAME, ...options })
 
 function bounded<T>(work: Promise<T>, what: string, timeoutMs = WAIT_MS): Promise<T> {
   let timer: NodeJS.Timeout | undefined

@@ -63,6 +63,23 @@ export async function connectClient(url: string, options: IClientOptions = {}): 
   return mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 5000, ...options }, false)
 }
 
+/**
+ * Connects and resolves with the CONNACK return code mqtt.js reports: 0 when accepted, the refusal
+ * code otherwise, or 'closed' when the socket closed without a CONNACK.
+ */
+export async function connackCode(url: string, options: IClientOptions): Promise<number | 'closed'> {
+  const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 5000, ...options })
+  try {
+    return await new Promise((resolve) => {
+      client.once('connect', () => resolve(0))
+      client.once('error', (err) => resolve((err as Error & { code?: number }).code ?? 'closed'))
+      client.once('close', () => resolve('closed'))
+    })
+  } finally {
+    client.end(true)
+  }
+}
+
 /** Resolves with the next message on a client (optionally only on one topic). */
 export function nextMessage(client: MqttClient, topic?: string): Promise<{ topic: string; payload: string }> {
   return new Promise((resolve) => {

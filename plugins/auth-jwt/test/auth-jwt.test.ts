@@ -7,28 +7,13 @@ import { after, before, describe, it } from 'node:test'
 import { SignJWT, exportJWK, exportSPKI, generateKeyPair, type CryptoKey, type JWK } from 'jose'
 import mqtt from 'mqtt'
 import { isolatedEnv, runParley } from '../../../test/helpers/broker-process.js'
-import { startNode, type TestNode } from '../../../test/helpers/node.js'
+import { connackCode, startNode, type TestNode } from '../../../test/helpers/node.js'
 import { AuthJwtConfig } from '../config.js'
 import { loadHs256Secret, mintToken, parseTtl } from '../keys.js'
 
-/**
- * CONNACK code of a connection attempt: 0 accepted, or the refusal code. MQTT 3.1.1 allows a
- * password only with a username, so a client without one sends an empty username.
- */
-async function connack(url: string, clientId: string, token: string | undefined, username = ''): Promise<number> {
-  const client = mqtt.connect(url, { clientId, username: token === undefined ? undefined : username, password: token, reconnectPeriod: 0, connectTimeout: 5000 })
-  try {
-    return await new Promise((resolve, reject) => {
-      client.once('connect', () => resolve(0))
-      client.once('error', (err) => {
-        const code = (err as Error & { code?: number }).code
-        if (typeof code === 'number') resolve(code)
-        else reject(err)
-      })
-    })
-  } finally {
-    client.end(true)
-  }
+/** CONNACK code of an attempt; MQTT 3.1.1 sends a password only with a username, empty when none is given. */
+async function connack(url: string, clientId: string, token: string | undefined, username = ''): Promise<number | 'closed'> {
+  return connackCode(url, { clientId, username: token === undefined ? undefined : username, password: token })
 }
 
 const sign = (claims: Record<string, unknown>, alg: string, key: CryptoKey | Uint8Array, header: Record<string, unknown> = {}) => {

@@ -30,6 +30,16 @@ export const ProtocolConfig = z
   })
   .strict()
 
+/** Thrown by an RPC method to answer with a precise error code instead of `internal`. */
+export class RpcError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string
+  ) {
+    super(message)
+  }
+}
+
 export interface Device {
   userId: string
   deviceId: string
@@ -152,6 +162,10 @@ export default definePlugin({
         rpcs.inc({ method: request.method, outcome: 'ok' })
         return respond(device, { id: request.id, ok: true, result: result ?? null })
       } catch (err) {
+        if (err instanceof RpcError) {
+          rpcs.inc({ method: request.method, outcome: err.code })
+          return respond(device, { id: request.id, ok: false, error: { code: err.code, message: err.message } })
+        }
         rpcs.inc({ method: request.method, outcome: 'internal' })
         ctx.log.error({ method: request.method, err }, 'rpc method failed')
         return respond(device, { id: request.id, ok: false, error: { code: 'internal', message: 'the server could not complete the request' } })

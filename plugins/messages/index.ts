@@ -1,0 +1,201 @@
+// messages: turns a device's publish on s/dm/{userId} into a stored, numbered message.
+//   1. protocol has validated the payload and the sender's right to write (it runs first);
+//   2. the message is stamped (server id, per-conversation seq, sender from the session, time)
+//      and stored, batched with others arriving in the same few milliseconds;
+//   3. only then does the authorizePublish hook return, and Aedes writes the PUBACK after it
+//      (lib/handlers/publish.js: authorizePublish, then PUBACK, then publish): PUBACK means stored.
+//      If the store fails, the hook throws: no PUBACK, the connection closes, and the client's
+//      retry (same cmid) is stored once the store is back; a retry of a stored send is answered
+//      with the same id and seq;
+//   4. the envelope goes to u/{recipient}/m and, as a carbon, to u/{sender}/m (the sender's
+//      devices; the sending device learns its id and seq from it).
+// Sync: the RPC methods messages.sync (after a seq) and messages.history (before a seq).
+import { join } from 'node:path'
+import { z } from 'zod'
+import { definePlugin } from '../../broker/plugin-api.js'
+import { ConversationRef, DOWN, SendMessage, parseUpTopic, type MessageEnvelope } from '../../schemas/protocol.js'
+import { RpcError, type Device } from '../protocol/index.js'
+import { BatchingAppender } from './batcher.js'
+import { MongoMessageStore } from './mongo-store.js'
+import { SqliteMessageStore } from './sqlite-store.js'
+import { dmKey, groupKey, type ConversationKey, type MessageStore, type StoredMessage } from './store.js'
+
+export const MessagesConfig = z
+  .object({
+    store: z.enum(['auto', 'embedded', 'mongo']).default('auto').describe('auto: MongoDB when mongo.url is set, else embedded'),
+    batchWindowMs: z.number().int().min(0).max(1000).default(2).describe('How long an append waits for others to share its write'),
+    maxBatch: z.number().int().positive().max(5000).default(256),
+    maxSyncPage: z.number().int().positive().max(1000).default(200)
+  })
+  .strict()
+
+/** The conversation as the reader sees it: a dm names the other user. */
+export function conversationFor(key: ConversationKey, reader: string): ConversationRef {
+  if (key.startsWith('g:')) return { kind: 'group', id: key.slice(2) }
+  const [, a, b] = key.split(':') as [string, string, string]
+  return { kind: 'dm', id: a === reader ? b : a }
+}
+
+export function envelopeFor(m: StoredMessage, reader: string): MessageEnvelope {
+  return {
+    id: m.id,
+    seq: m.seq,
+    conversation: conversationFor(m.conversation, reader),
+    from: { user: m.sender.user, device: m.sender.device },
+    cmid: m.cmid,
+    type: m.type,
+    body: m.body,
+    ...(m.replyTo !== undefined ? { replyTo: m.replyTo } : {}),
+    e2e: m.e2e,
+    ts: m.ts
+  }
+}
+
+const SyncParams = z
+  .object({
+    conversation: ConversationRef,
+    afterSeq: z.number().int().min(0),
+    limit: z.number().int().positive().optional()
+  })
+  .strict()
+
+const HistoryParams = z
+  .object({
+    conversation: ConversationRef,
+    beforeSeq: z.number().int().min(1).optional(),
+    limit: z.number().int().positive().optional()
+  })
+  .strict()
+
+export interface MessagesApi {
+  /** Drains the write queue (tests, shutdown). */
+  drain(): Promise<void>
+}
+
+export default definePlugin({
+  name: 'messages',
+  dependencies: ['protocol'],
+  configSchema: MessagesConfig,
+  register(ctx): MessagesApi {
+    const config = ctx.config
+    const protocol = ctx.dependency('protocol')
+    const useMongo = config.store === 'mongo' || (config.store === 'auto' && Boolean(ctx.backends.mongo))
+    if (config.store === 'mongo' && !ctx.backends.mongo) throw new Error('messages.store is mongo but mongo.url is not set')
+    const store: MessageStore = useMongo
+      ? new MongoMessageStore(ctx.backends.mongo!)
+      : new SqliteMessageStore(join(ctx.dataDir, 'messages.db'))
+
+    // The store is initialised in the background (MongoDB may not be reachable yet); sends wait for it.
+    let ready: Promise<MessageStore> | undefined
+    const initialised = (): Promise<MessageStore> => {
+      ready ??= store.init().then(
+        () => store,
+        (err: unknown) => {
+          ready = undefined
+          throw err
+        }
+      )
+      return ready
+    }
+    initialised().catch((err: unknown) => ctx.log.warn({ err }, 'message store not ready yet; retried on use'))
+    ctx.readiness('store', async () => {
+      await initialised()
+    })
+
+    const stored = ctx.metrics.counter({ name: 'messages_stored_total', help: 'Messages stored', labelNames: ['kind'] })
+    const duplicates = ctx.metrics.counter({ name: 'messages_duplicates_total', help: 'Retried sends answered from the store' })
+    const failures = ctx.metrics.counter({ name: 'messages_store_failures_total', help: 'Sends refused because the store failed (no PUBACK)' })
+    const batchSize = ctx.metrics.histogram({
+      name: 'messages_batch_size',
+      help: 'Messages per store write',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    })
+    const appender = new BatchingAppender(initialised, config.batchWindowMs, config.maxBatch, (size) => batchSize.observe(size))
+
+    const deliver = (m: StoredMessage, recipients: readonly string[]): void => {
+      for (const user of new Set(recipients)) {
+        ctx
+          .publish({ topic: DOWN.messages(user), payload: JSON.stringify(envelopeFor(m, user)), qos: 1 })
+          .catch((err: unknown) => ctx.log.error({ err, id: m.id, user }, 'delivery failed'))
+      }
+    }
+
+    ctx.hook('authorizePublish', async (client, packet, { will }) => {
+      if (will) return undefined
+      const up = parseUpTopic(packet.topic)
+      if (up?.kind !== 'dm') return undefined
+      const device = protocol.deviceOf(client)
+      if (!device) return undefined // protocol has refused it already
+      const body = SendMessage.parse(JSON.parse(packet.payload.toString()))
+      let result
+      try {
+        result = await appender.append({
+          conversation: dmKey(device.userId, up.peer),
+          sender: { user: device.userId, device: device.deviceId },
+          cmid: body.cmid,
+          type: body.type,
+          body: body.body,
+          replyTo: body.replyTo,
+          e2e: body.e2e,
+          ts: Date.now()
+        })
+      } catch (err) {
+        failures.inc()
+        ctx.log.error({ err, clientId: client.id }, 'message not stored: no PUBACK, the client will retry')
+        throw err
+      }
+      if (result.duplicate) duplicates.inc()
+      else stored.inc({ kind: 'dm' })
+      // At least once: a retry is delivered again (devices drop duplicate ids).
+      deliver(result.message, [up.peer, device.userId])
+      return undefined
+    })
+
+    const keyFor = async (device: Device, conversation: ConversationRef): Promise<ConversationKey> => {
+      if (conversation.kind === 'dm') return dmKey(device.userId, conversation.id)
+      if (!(await protocol.isMember(conversation.id, device.userId))) {
+        throw new RpcError('not_a_member', `you are not a member of group ${conversation.id}`)
+      }
+      return groupKey(conversation.id)
+    }
+
+    protocol.registerMethod('messages.sync', {
+      params: SyncParams,
+      handler: async (device, p) => {
+        const s = await initialised()
+        const limit = Math.min(p.limit ?? config.maxSyncPage, config.maxSyncPage)
+        const key = await keyFor(device, p.conversation)
+        const page = await s.after(key, p.afterSeq, limit + 1)
+        return {
+          messages: page.slice(0, limit).map((m) => envelopeFor(m, device.userId)),
+          hasMore: page.length > limit,
+          lastSeq: await s.lastSeq(key)
+        }
+      }
+    })
+
+    protocol.registerMethod('messages.history', {
+      params: HistoryParams,
+      handler: async (device, p) => {
+        const s = await initialised()
+        const limit = Math.min(p.limit ?? config.maxSyncPage, config.maxSyncPage)
+        const key = await keyFor(device, p.conversation)
+        const page = await s.before(key, p.beforeSeq ?? Number.MAX_SAFE_INTEGER, limit + 1)
+        return { messages: page.slice(-limit).map((m) => envelopeFor(m, device.userId)), hasMore: page.length > limit }
+      }
+    })
+
+    ctx.hook('shutdown', async () => {
+      await appender.drain()
+      await store.close()
+    })
+
+    return { drain: () => appender.drain() }
+  }
+})
+
+declare module '../../broker/plugin-api.js' {
+  interface PluginApis {
+    messages: MessagesApi
+  }
+}

@@ -1,0 +1,132 @@
+// The embedded message store: SQLite (better-sqlite3) in the node's data directory. One node owns
+// the file, so a transaction makes sequence allocation and the idempotency check atomic, and a
+// whole batch is one transaction (one fsync) however many messages it holds.
+import { mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
+import Database from 'better-sqlite3'
+import { newMessageId, type AppendResult, type ConversationKey, type MessageStore, type NewMessage, type StoredMessage } from './store.js'
+
+interface Row {
+  id: string
+  conversation: string
+  seq: number
+  sender_user: string
+  sender_device: string
+  cmid: string
+  type: 'text'
+  body: string
+  reply_to: string | null
+  e2e: number
+  ts: number
+}
+
+function toMessage(r: Row): StoredMessage {
+  return {
+    id: r.id,
+    conversation: r.conversation,
+    seq: r.seq,
+    sender: { user: r.sender_user, device: r.sender_device },
+    cmid: r.cmid,
+    type: r.type,
+    body: r.body,
+    ...(r.reply_to !== null ? { replyTo: r.reply_to } : {}),
+    e2e: r.e2e === 1,
+    ts: r.ts
+  }
+}
+
+export class SqliteMessageStore implements MessageStore {
+  private db: Database.Database | undefined
+
+  constructor(private readonly file: string) {}
+
+  private get conn(): Database.Database {
+    if (!this.db) throw new Error('message store is not initialised')
+    return this.db
+  }
+
+  async init(): Promise<void> {
+    if (this.file !== ':memory:') mkdirSync(dirname(this.file), { recursive: true })
+    const db = new Database(this.file)
+    // WAL: readers do not block the writer; NORMAL sync is durable across process crashes.
+    db.pragma('journal_mode = WAL')
+    db.pragma('synchronous = NORMAL')
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS messages (
+        id TEXT PRIMARY KEY,
+        conversation TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        sender_user TEXT NOT NULL,
+        sender_device TEXT NOT NULL,
+        cmid TEXT NOT NULL,
+        type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        reply_to TEXT,
+        e2e INTEGER NOT NULL,
+        ts INTEGER NOT NULL
+      );
+      CREATE UNIQUE INDEX IF NOT EXISTS messages_conversation_seq ON messages (conversation, seq);
+      CREATE UNIQUE INDEX IF NOT EXISTS messages_sender_cmid ON messages (sender_user, cmid);
+    `)
+    this.db = db
+  }
+
+  async append(batch: readonly NewMessage[]): Promise<AppendResult[]> {
+    const db = this.conn
+    const existing = db.prepare<[string, string], Row>('SELECT * FROM messages WHERE sender_user = ? AND cmid = ?')
+    const last = db.prepare<[string], { seq: number | null }>('SELECT MAX(seq) AS seq FROM messages WHERE conversation = ?')
+    const insert = db.prepare(
+      `INSERT INTO messages (id, conversation, seq, sender_user, sender_device, cmid, type, body, reply_to, e2e, ts)
+       VALUES (@id, @conversation, @seq, @sender_user, @sender_device, @cmid, @type, @body, @reply_to, @e2e, @ts)`
+    )
+    const run = db.transaction((messages: readonly NewMessage[]): AppendResult[] => {
+      const lastSeq = new Map<string, number>()
+      return messages.map((m) => {
+        const found = existing.get(m.sender.user, m.cmid)
+        if (found) return { message: toMessage(found), duplicate: true }
+        const seq = (lastSeq.get(m.conversation) ?? last.get(m.conversation)?.seq ?? 0) + 1
+        lastSeq.set(m.conversation, seq)
+        const stored: StoredMessage = { ...m, id: newMessageId(m.ts), seq }
+        insert.run({
+          id: stored.id,
+          conversation: m.conversation,
+          seq,
+          sender_user: m.sender.user,
+          sender_device: m.sender.device,
+          cmid: m.cmid,
+          type: m.type,
+          body: m.body,
+          reply_to: m.replyTo ?? null,
+          e2e: m.e2e ? 1 : 0,
+          ts: m.ts
+        })
+        return { message: stored, duplicate: false }
+      })
+    })
+    return run(batch)
+  }
+
+  async after(conversation: ConversationKey, afterSeq: number, limit: number): Promise<StoredMessage[]> {
+    return this.conn
+      .prepare<[string, number, number], Row>('SELECT * FROM messages WHERE conversation = ? AND seq > ? ORDER BY seq ASC LIMIT ?')
+      .all(conversation, afterSeq, limit)
+      .map(toMessage)
+  }
+
+  async before(conversation: ConversationKey, beforeSeq: number, limit: number): Promise<StoredMessage[]> {
+    return this.conn
+      .prepare<[string, number, number], Row>('SELECT * FROM messages WHERE conversation = ? AND seq < ? ORDER BY seq DESC LIMIT ?')
+      .all(conversation, beforeSeq, limit)
+      .map(toMessage)
+      .reverse()
+  }
+
+  async lastSeq(conversation: ConversationKey): Promise<number> {
+    return this.conn.prepare<[string], { seq: number | null }>('SELECT MAX(seq) AS seq FROM messages WHERE conversation = ?').get(conversation)?.seq ?? 0
+  }
+
+  async close(): Promise<void> {
+    this.db?.close()
+    this.db = undefined
+  }
+}

@@ -1,0 +1,201 @@
+// The messages plugin end to end: real mqtt.js devices, an in-process node, the embedded store and
+// the MongoDB-compatible server (behind a proxy the test can cut, for the store-failure case).
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync } from 'node:fs'
+import { createConnection, createServer, type Server, type Socket } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import type mqtt from 'mqtt';
+import { type MqttClient } from 'mqtt'
+import type { MessageEnvelope } from '../../../schemas/protocol.js'
+import { eventually } from '../../../test/helpers/broker-process.js'
+import { connectClient, startNode, type TestNode } from '../../../test/helpers/node.js'
+import { mongoUrl } from '../../../test/helpers/services.js'
+
+interface Dev {
+  client: MqttClient
+  messages: MessageEnvelope[]
+  rpc(method: string, params: object): Promise<{ ok: boolean; result?: unknown; error?: { code: string } }>
+  send(peer: string, cmid: string, body: string): Promise<void>
+}
+
+let rpcIds = 0
+async function device(url: string, user: string, dev: string, options: mqtt.IClientOptions = {}): Promise<Dev> {
+  const client = await connectClient(url, { clientId: `${user}:${dev}`, ...options })
+  const messages: MessageEnvelope[] = []
+  const waiting = new Map<string, (r: { ok: boolean; result?: unknown; error?: { code: string } }) => void>()
+  client.on('message', (topic, payload) => {
+    const body = JSON.parse(payload.toString()) as { id: string; ok: boolean }
+    if (topic === `u/${user}/m`) messages.push(body as unknown as MessageEnvelope)
+    if (topic === `u/${user}/d/${dev}/res`) waiting.get(body.id)?.(body)
+  })
+  await client.subscribeAsync(`u/${user}/#`, { qos: 1 })
+  return {
+    client,
+    messages,
+    rpc: (method, params) =>
+      new Promise((resolve) => {
+        const id = `r${++rpcIds}`
+        waiting.set(id, resolve)
+        void client.publishAsync('s/rpc', JSON.stringify({ id, method, params }), { qos: 1 })
+      }),
+    send: async (peer, cmid, body) => {
+      await client.publishAsync(`s/dm/${peer}`, JSON.stringify({ cmid, body }), { qos: 1 })
+    }
+  }
+}
+
+const ids = (m: MessageEnvelope[]) => m.map((e) => `${e.seq}:${e.body}`)
+
+describe('messages on the embedded store', () => {
+  let t: TestNode
+  let dataDir: string
+  before(async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'parley-messages-'))
+    t = await startNode({ dataDir, plugins: ['protocol', 'messages'] })
+  })
+  after(async () => t?.stop())
+
+  it('stores, numbers and delivers a message to every device of both users', async () => {
+    const [alicePhone, aliceTablet, bobPhone, bobTablet, carol] = await Promise.all([
+      device(t.mqttUrl, 'alice', 'phone'),
+      device(t.mqttUrl, 'alice', 'tablet'),
+      device(t.mqttUrl, 'bob', 'phone'),
+      device(t.mqttUrl, 'bob', 'tablet'),
+      device(t.mqttUrl, 'carol', 'phone')
+    ])
+    await alicePhone.send('bob', 'a1', 'hello bob')
+    await bobTablet.send('alice', 'b1', 'hi alice')
+    for (const d of [alicePhone, aliceTablet, bobPhone, bobTablet]) {
+      await eventually(() => d.messages.length === 2, 5000, 'both messages on every device')
+      assert.deepEqual(ids(d.messages), ['1:hello bob', '2:hi alice'])
+    }
+    const seen = bobPhone.messages[0]!
+    assert.deepEqual(seen.conversation, { kind: 'dm', id: 'alice' }, 'bob sees the conversation with alice')
+    assert.deepEqual(aliceTablet.messages[0]!.conversation, { kind: 'dm', id: 'bob' }, 'alice sees it with bob')
+    assert.deepEqual(seen.from, { user: 'alice', device: 'phone' }, 'the sender comes from the session')
+    assert.equal(seen.cmid, 'a1')
+    assert.ok(seen.ts > 0 && seen.id.length > 9)
+    assert.equal(carol.messages.length, 0)
+    await Promise.all([alicePhone, aliceTablet, bobPhone, bobTablet, carol].map((d) => d.client.endAsync()))
+  })
+
+  it('answers a retried send with the same id and seq, storing nothing new', async () => {
+    const dan = await device(t.mqttUrl, 'dan', 'phone')
+    await dan.send('erin', 'd1', 'once')
+    await dan.send('erin', 'd1', 'once')
+    await dan.send('erin', 'd2', 'twice')
+    await eventually(() => dan.messages.length === 3, 5000, 'carbons')
+    assert.deepEqual(dan.messages.map((m) => [m.cmid, m.seq]), [['d1', 1], ['d1', 1], ['d2', 2]])
+    assert.equal(dan.messages[0]!.id, dan.messages[1]!.id)
+    const sync = await dan.rpc('messages.sync', { conversation: { kind: 'dm', id: 'erin' }, afterSeq: 0 })
+    assert.deepEqual(ids((sync.result as { messages: MessageEnvelope[] }).messages), ['1:once', '2:twice'])
+    await dan.client.endAsync()
+  })
+
+  it('syncs after a cursor and pages history, in order', async () => {
+    const fay = await device(t.mqttUrl, 'fay', 'phone')
+    for (let i = 1; i <= 7; i++) await fay.send('gus', `f${i}`, `m${i}`)
+    const conversation = { kind: 'dm', id: 'gus' }
+    const page1 = (await fay.rpc('messages.sync', { conversation, afterSeq: 2, limit: 3 })).result as { messages: MessageEnvelope[]; hasMore: boolean; lastSeq: number }
+    assert.deepEqual([ids(page1.messages), page1.hasMore, page1.lastSeq], [['3:m3', '4:m4', '5:m5'], true, 7])
+    const page2 = (await fay.rpc('messages.sync', { conversation, afterSeq: 5, limit: 3 })).result as { messages: MessageEnvelope[]; hasMore: boolean }
+    assert.deepEqual([ids(page2.messages), page2.hasMore], [['6:m6', '7:m7'], false])
+    const older = (await fay.rpc('messages.history', { conversation, beforeSeq: 4, limit: 2 })).result as { messages: MessageEnvelope[]; hasMore: boolean }
+    assert.deepEqual([ids(older.messages), older.hasMore], [['2:m2', '3:m3'], true])
+    const group = await fay.rpc('messages.sync', { conversation: { kind: 'group', id: 'secret' }, afterSeq: 0 })
+    assert.deepEqual([group.ok, group.error?.code], [false, 'not_a_member'])
+    await fay.client.endAsync()
+  })
+
+  it('keeps messages across a restart of the node', async () => {
+    await t.node.stop()
+    t = await startNode({ dataDir, plugins: ['protocol', 'messages'] })
+    const alice = await device(t.mqttUrl, 'alice', 'laptop')
+    const sync = await alice.rpc('messages.sync', { conversation: { kind: 'dm', id: 'bob' }, afterSeq: 0 })
+    assert.deepEqual(ids((sync.result as { messages: MessageEnvelope[] }).messages), ['1:hello bob', '2:hi alice'])
+    await alice.client.endAsync()
+  })
+})
+
+/** A TCP proxy to the database that the test can cut and restore: a database outage on demand. */
+class Cuttable {
+  private server: Server | undefined
+  private readonly sockets = new Set<Socket>()
+  port = 0
+  constructor(private readonly target: { host: string; port: number }) {}
+
+  async open(): Promise<void> {
+    this.server = createServer((inbound) => {
+      const outbound = createConnection(this.target)
+      for (const s of [inbound, outbound]) {
+        this.sockets.add(s)
+        s.on('error', () => undefined)
+        s.on('close', () => {
+          this.sockets.delete(s)
+          inbound.destroy()
+          outbound.destroy()
+        })
+      }
+      inbound.pipe(outbound).pipe(inbound)
+    })
+    await new Promise<void>((resolve) => this.server!.listen(this.port, '127.0.0.1', resolve))
+    this.port = (this.server.address() as { port: number }).port
+  }
+
+  async cut(): Promise<void> {
+    // Stop accepting, and cut what is open (close() alone would wait for those connections).
+    const closed = new Promise<void>((resolve) => this.server!.close(() => resolve()))
+    for (const s of this.sockets) s.destroy()
+    await closed
+  }
+}
+
+describe('messages on MongoDB when the database fails', () => {
+  let t: TestNode
+  let proxy: Cuttable
+  before(async () => {
+    const target = new URL(mongoUrl())
+    proxy = new Cuttable({ host: target.hostname, port: Number(target.port) })
+    await proxy.open()
+    t = await startNode({
+      mongo: { url: `mongodb://127.0.0.1:${proxy.port}/`, database: `parley_msg_${randomBytes(3).toString('hex')}` },
+      mqtt: { hookTimeoutMs: 3000 },
+      plugins: ['protocol', 'messages']
+    })
+    await eventually(async () => (await fetch(`http://127.0.0.1:${t.ops}/readyz`)).status === 200, 15_000, 'store ready')
+  })
+  after(async () => {
+    await t?.stop()
+    await proxy?.cut().catch(() => undefined)
+  })
+
+  it('gives no PUBACK while the store is down, and stores the retry once it is back', async () => {
+    const receiver = await device(t.mqttUrl, 'hal', 'phone')
+    // A persistent session: mqtt.js resends an unacknowledged QoS 1 publish after reconnecting.
+    const sender = await device(t.mqttUrl, 'ivy', 'phone', { clean: false, reconnectPeriod: 300 })
+    await sender.send('hal', 'i1', 'before the outage')
+    await eventually(() => receiver.messages.length === 1, 5000, 'first message')
+
+    await proxy.cut()
+    let acked = false
+    const closed = new Promise<void>((resolve) => sender.client.once('close', () => resolve()))
+    const send = sender.send('hal', 'i2', 'during the outage').then(() => {
+      acked = true
+    })
+    await closed
+    assert.equal(acked, false, 'the store failed: no PUBACK, the connection was closed')
+    assert.equal(receiver.messages.length, 1, 'nothing was delivered')
+
+    await proxy.open()
+    await send // mqtt.js resent it after reconnecting; the PUBACK now means stored
+    await eventually(() => receiver.messages.length === 2, 15_000, 'the retried message')
+    assert.deepEqual(ids(receiver.messages), ['1:before the outage', '2:during the outage'])
+    const sync = await receiver.rpc('messages.sync', { conversation: { kind: 'dm', id: 'ivy' }, afterSeq: 0 })
+    assert.deepEqual(ids((sync.result as { messages: MessageEnvelope[] }).messages), ['1:before the outage', '2:during the outage'], 'stored once')
+    sender.client.end(true)
+    await receiver.client.endAsync()
+  })
+})

@@ -6,6 +6,10 @@ ARG NODE_IMAGE=node:20-bookworm-slim
 # ---- build: install all dependencies, compile to dist/, then drop the dev dependencies ----
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app
+# better-sqlite3 (the embedded message store) compiles from source when no prebuilt binary fits.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./

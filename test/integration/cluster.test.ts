@@ -6,7 +6,7 @@ import mqtt from 'mqtt'
 import { definePlugin } from '../../broker/plugin-api.js'
 import { BARE, eventually, startBroker, type BrokerProcess } from '../helpers/broker-process.js'
 import { connectClient, nextMessage, startNode, type TestNode } from '../helpers/node.js'
-import { redisDb } from '../helpers/services.js'
+import { mongoUrl, redisDb } from '../helpers/services.js'
 
 const uid = () => randomBytes(4).toString('hex')
 
@@ -150,5 +150,42 @@ describe('plugin deliver() across nodes', () => {
     await marker
     assert.equal(bystanderGot, 1, 'the bystander saw only the marker, not the direct deliveries')
     await Promise.all([onA.endAsync(), other.endAsync(), local.endAsync()])
+  })
+})
+
+describe('messages across two nodes (Redis cluster, MongoDB store)', () => {
+  let a: TestNode
+  let b: TestNode
+  before(async () => {
+    const shared = {
+      redis: { url: redisDb(5) },
+      mongo: { url: mongoUrl(), database: `parley_cluster_${uid()}` },
+      plugins: ['protocol', 'messages']
+    }
+    ;[a, b] = await Promise.all([startNode(shared), startNode(shared)])
+  })
+  after(async () => {
+    await Promise.all([a?.stop(), b?.stop()])
+  })
+
+  it('stores once and delivers to the recipient and the sender\'s other device on the other node', async () => {
+    const alice = `alice${uid()}`
+    const bob = `bob${uid()}`
+    const onA = await connectClient(a.mqttUrl, { clientId: `${alice}:phone` })
+    const aliceTablet = await connectClient(b.mqttUrl, { clientId: `${alice}:tablet` })
+    const bobPhone = await connectClient(b.mqttUrl, { clientId: `${bob}:phone` })
+    await aliceTablet.subscribeAsync(`u/${alice}/#`, { qos: 1 })
+    await bobPhone.subscribeAsync(`u/${bob}/#`, { qos: 1 })
+    const toBob = nextMessage(bobPhone, `u/${bob}/m`)
+    const carbon = nextMessage(aliceTablet, `u/${alice}/m`)
+    await onA.publishAsync(`s/dm/${bob}`, JSON.stringify({ cmid: 'x1', body: 'across nodes' }), { qos: 1 })
+    const [got, copy] = [JSON.parse((await toBob).payload) as { seq: number; body: string; conversation: object }, JSON.parse((await carbon).payload) as { seq: number; conversation: object }]
+    assert.deepEqual([got.seq, got.body, got.conversation], [1, 'across nodes', { kind: 'dm', id: alice }])
+    assert.deepEqual([copy.seq, copy.conversation], [1, { kind: 'dm', id: bob }])
+    // Bob answers from node B: the same conversation continues at seq 2, whichever node stores it.
+    const reply = nextMessage(aliceTablet, `u/${alice}/m`)
+    await bobPhone.publishAsync(`s/dm/${alice}`, JSON.stringify({ cmid: 'y1', body: 'got it' }), { qos: 1 })
+    assert.equal((JSON.parse((await reply).payload) as { seq: number }).seq, 2)
+    await Promise.all([onA.endAsync(), aliceTablet.endAsync(), bobPhone.endAsync()])
   })
 })

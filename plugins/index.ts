@@ -12,6 +12,7 @@ export const builtinPlugins: Readonly<Record<string, Loader>> = {
   'auth-jwt': load(() => import('./auth-jwt/index.js')),
   limits: load(() => import('./limits/index.js')),
   protocol: load(() => import('./protocol/index.js')),
+  groups: load(() => import('./groups/index.js')),
   messages: load(() => import('./messages/index.js')),
   'example-topic-guard': load(() => import('./example-topic-guard/index.js'))
 }

@@ -36,7 +36,7 @@ export const DOWN = {
   messages: (userId: string) => `u/${userId}/m`,
   /** Delivered and read receipts for messages the user sent. */
   receipts: (userId: string) => `u/${userId}/r`,
-  /** Events: presence, typing, read markers of the user's other devices. */
+  /** Events: presence, typing, read markers of the user's other devices, group changes. */
   events: (userId: string) => `u/${userId}/e`,
   /** Responses to one device's requests: forwarded to that device only. */
   responses: (userId: string, deviceId: string) => `u/${userId}/d/${deviceId}/res`,
@@ -164,7 +164,17 @@ export type Receipt = z.infer<typeof Receipt>
 export const Event = z.discriminatedUnion('type', [
   z.object({ type: z.literal('presence'), user: Id, online: z.boolean(), lastSeen: z.number().int().optional() }).loose(),
   z.object({ type: z.literal('typing'), conversation: ConversationRef.loose(), user: Id, state: z.enum(['typing', 'paused']) }).loose(),
-  z.object({ type: z.literal('read'), conversation: ConversationRef.loose(), seq: z.number().int().min(0) }).loose()
+  z.object({ type: z.literal('read'), conversation: ConversationRef.loose(), seq: z.number().int().min(0) }).loose(),
+  z
+    .object({
+      type: z.literal('group'),
+      group: Id,
+      change: z.enum(['created', 'renamed', 'added', 'removed', 'left', 'promoted']),
+      by: Id.describe('Who made the change'),
+      users: z.array(Id).optional().describe('Who was added, removed, left or promoted'),
+      name: z.string().optional().describe('The group name (created, renamed)')
+    })
+    .loose()
 ])
 export type Event = z.infer<typeof Event>
 

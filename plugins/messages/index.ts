@@ -74,11 +74,12 @@ export interface MessagesApi {
 
 export default definePlugin({
   name: 'messages',
-  dependencies: ['protocol'],
+  dependencies: ['protocol', 'groups'],
   configSchema: MessagesConfig,
   register(ctx): MessagesApi {
     const config = ctx.config
     const protocol = ctx.dependency('protocol')
+    const groups = ctx.dependency('groups')
     const useMongo = config.store === 'mongo' || (config.store === 'auto' && Boolean(ctx.backends.mongo))
     if (config.store === 'mongo' && !ctx.backends.mongo) throw new Error('messages.store is mongo but mongo.url is not set')
     const store: MessageStore = useMongo
@@ -112,10 +113,17 @@ export default definePlugin({
     })
     const appender = new BatchingAppender(initialised, config.batchWindowMs, config.maxBatch, (size) => batchSize.observe(size))
 
-    const deliver = (m: StoredMessage, recipients: readonly string[]): void => {
+    /**
+     * One-to-one messages go out at QoS 1 (a persistent session queues them). Group messages go out
+     * at QoS 0: a large group must not leave one queued copy per offline member in the session
+     * store; the message store is the copy, and a device catches up with messages.sync (on
+     * reconnect, or on a gap in seq).
+     */
+    const deliver = (m: StoredMessage, recipients: readonly string[], qos: 0 | 1): void => {
+      const shared = m.conversation.startsWith('g:') ? JSON.stringify(envelopeFor(m, '')) : undefined
       for (const user of new Set(recipients)) {
         ctx
-          .publish({ topic: DOWN.messages(user), payload: JSON.stringify(envelopeFor(m, user)), qos: 1 })
+          .publish({ topic: DOWN.messages(user), payload: shared ?? JSON.stringify(envelopeFor(m, user)), qos })
           .catch((err: unknown) => ctx.log.error({ err, id: m.id, user }, 'delivery failed'))
       }
     }
@@ -123,14 +131,14 @@ export default definePlugin({
     ctx.hook('authorizePublish', async (client, packet, { will }) => {
       if (will) return undefined
       const up = parseUpTopic(packet.topic)
-      if (up?.kind !== 'dm') return undefined
+      if (up?.kind !== 'dm' && up?.kind !== 'group') return undefined
       const device = protocol.deviceOf(client)
       if (!device) return undefined // protocol has refused it already
       const body = SendMessage.parse(JSON.parse(packet.payload.toString()))
       let result
       try {
         result = await appender.append({
-          conversation: dmKey(device.userId, up.peer),
+          conversation: up.kind === 'dm' ? dmKey(device.userId, up.peer) : groupKey(up.groupId),
           sender: { user: device.userId, device: device.deviceId },
           cmid: body.cmid,
           type: body.type,
@@ -145,9 +153,10 @@ export default definePlugin({
         throw err
       }
       if (result.duplicate) duplicates.inc()
-      else stored.inc({ kind: 'dm' })
+      else stored.inc({ kind: up.kind })
       // At least once: a retry is delivered again (devices drop duplicate ids).
-      deliver(result.message, [up.peer, device.userId])
+      if (up.kind === 'dm') deliver(result.message, [up.peer, device.userId], 1)
+      else deliver(result.message, await groups.members(up.groupId), 0)
       return undefined
     })
 

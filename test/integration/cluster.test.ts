@@ -160,7 +160,7 @@ describe('messages across two nodes (Redis cluster, MongoDB store)', () => {
     const shared = {
       redis: { url: redisDb(5) },
       mongo: { url: mongoUrl(), database: `parley_cluster_${uid()}` },
-      plugins: ['protocol', 'messages']
+      plugins: ['protocol', 'groups', 'messages']
     }
     ;[a, b] = await Promise.all([startNode(shared), startNode(shared)])
   })

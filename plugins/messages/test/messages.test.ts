@@ -54,7 +54,7 @@ describe('messages on the embedded store', () => {
   let dataDir: string
   before(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'parley-messages-'))
-    t = await startNode({ dataDir, plugins: ['protocol', 'messages'] })
+    t = await startNode({ dataDir, plugins: ['protocol', 'groups', 'messages'] })
   })
   after(async () => t?.stop())
 
@@ -112,7 +112,7 @@ describe('messages on the embedded store', () => {
 
   it('keeps messages across a restart of the node', async () => {
     await t.node.stop()
-    t = await startNode({ dataDir, plugins: ['protocol', 'messages'] })
+    t = await startNode({ dataDir, plugins: ['protocol', 'groups', 'messages'] })
     const alice = await device(t.mqttUrl, 'alice', 'laptop')
     const sync = await alice.rpc('messages.sync', { conversation: { kind: 'dm', id: 'bob' }, afterSeq: 0 })
     assert.deepEqual(ids((sync.result as { messages: MessageEnvelope[] }).messages), ['1:hello bob', '2:hi alice'])
@@ -163,7 +163,7 @@ describe('messages on MongoDB when the database fails', () => {
     t = await startNode({
       mongo: { url: `mongodb://127.0.0.1:${proxy.port}/`, database: `parley_msg_${randomBytes(3).toString('hex')}` },
       mqtt: { hookTimeoutMs: 3000 },
-      plugins: ['protocol', 'messages']
+      plugins: ['protocol', 'groups', 'messages']
     })
     await eventually(async () => (await fetch(`http://127.0.0.1:${t.ops}/readyz`)).status === 200, 15_000, 'store ready')
   })

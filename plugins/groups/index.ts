@@ -1,0 +1,174 @@
+// groups: group conversations' membership, over RPC (groups.create, .get, .list, .rename, .add,
+// .remove, .promote, .leave). Admins manage; a group holds at most `maxMembers`. Every change is
+// an event on each member's tree (u/{userId}/e, also to those removed), and the protocol plugin's
+// membership cache is invalidated on every node. The protocol asks this store who is a member.
+import { randomBytes } from 'node:crypto'
+import { join } from 'node:path'
+import { z } from 'zod'
+import { definePlugin } from '../../broker/plugin-api.js'
+import { Id } from '../../schemas/identity.js'
+import { DOWN, type Event } from '../../schemas/protocol.js'
+import { RpcError } from '../protocol/index.js'
+import { MongoGroupStore, SqliteGroupStore, type Group, type GroupStore } from './store.js'
+
+export const GroupsConfig = z
+  .object({
+    maxMembers: z.number().int().min(2).max(100_000).default(1024),
+    store: z.enum(['auto', 'embedded', 'mongo']).default('auto')
+  })
+  .strict()
+
+export interface GroupsApi {
+  /** Member user ids of a group (empty when there is no such group). */
+  members(groupId: string): Promise<string[]>
+}
+
+declare module '../../broker/plugin-api.js' {
+  interface PluginApis {
+    groups: GroupsApi
+  }
+}
+
+const Name = z.string().trim().min(1).max(100)
+const GroupRef = z.object({ group: Id }).strict()
+
+export default definePlugin({
+  name: 'groups',
+  dependencies: ['protocol'],
+  configSchema: GroupsConfig,
+  register(ctx): GroupsApi {
+    const { config } = ctx
+    const protocol = ctx.dependency('protocol')
+    if (config.store === 'mongo' && !ctx.backends.mongo) throw new Error('groups.store is mongo but mongo.url is not set')
+    const useMongo = config.store === 'mongo' || (config.store === 'auto' && Boolean(ctx.backends.mongo))
+    const store: GroupStore = useMongo ? new MongoGroupStore(ctx.backends.mongo!) : new SqliteGroupStore(join(ctx.dataDir, 'groups.db'))
+    let ready: Promise<GroupStore> | undefined
+    const initialised = (): Promise<GroupStore> => {
+      ready ??= store.init().then(
+        () => store,
+        (err: unknown) => {
+          ready = undefined
+          throw err
+        }
+      )
+      return ready
+    }
+    initialised().catch((err: unknown) => ctx.log.warn({ err }, 'group store not ready yet; retried on use'))
+    ctx.readiness('store', async () => {
+      await initialised()
+    })
+
+    protocol.setMembershipSource(async (groupId, userId) => (await (await initialised()).role(groupId, userId)) !== undefined)
+
+    /** Tells every member (and `alsoTo`) about a change, and forgets cached memberships everywhere. */
+    const announce = async (group: string, event: Omit<Extract<Event, { type: 'group' }>, 'type' | 'group'>, alsoTo: readonly string[] = []) => {
+      const s = await initialised()
+      await protocol.invalidateMembership(group)
+      const payload = JSON.stringify({ type: 'group', group, ...event })
+      const to = new Set([...(await s.members(group)), ...alsoTo])
+      await Promise.all([...to].map((user) => ctx.publish({ topic: DOWN.events(user), payload, qos: 1 })))
+    }
+
+    const load = async (groupId: string, userId: string): Promise<{ s: GroupStore; group: Group; admin: boolean }> => {
+      const s = await initialised()
+      const group = await s.get(groupId)
+      const me = group?.members.find((m) => m.user === userId)
+      if (!group || !me) throw new RpcError('not_a_member', `you are not a member of group ${groupId}`)
+      return { s, group, admin: me.role === 'admin' }
+    }
+    const requireAdmin = (admin: boolean, groupId: string) => {
+      if (!admin) throw new RpcError('forbidden', `only admins of group ${groupId} may do this`)
+    }
+
+    protocol.registerMethod('groups.create', {
+      params: z.object({ name: Name, members: z.array(Id).max(config.maxMembers).default([]) }).strict(),
+      handler: async (device, p) => {
+        const s = await initialised()
+        const members = [...new Set(p.members.filter((u) => u !== device.userId))]
+        if (members.length + 1 > config.maxMembers) throw new RpcError('invalid_params', `a group holds at most ${config.maxMembers} members`)
+        const group = await s.create({ id: randomBytes(8).toString('hex'), name: p.name, createdBy: device.userId, createdAt: Date.now(), members })
+        await announce(group.id, { change: 'created', by: device.userId, name: group.name, users: group.members.map((m) => m.user) })
+        return group
+      }
+    })
+
+    protocol.registerMethod('groups.get', {
+      params: GroupRef,
+      handler: async (device, p) => (await load(p.group, device.userId)).group
+    })
+
+    protocol.registerMethod('groups.list', {
+      params: z.object({}).strict(),
+      handler: async (device) => ({ groups: await (await initialised()).groupsOf(device.userId) })
+    })
+
+    protocol.registerMethod('groups.rename', {
+      params: z.object({ group: Id, name: Name }).strict(),
+      handler: async (device, p) => {
+        const { s, admin } = await load(p.group, device.userId)
+        requireAdmin(admin, p.group)
+        await s.rename(p.group, p.name)
+        await announce(p.group, { change: 'renamed', by: device.userId, name: p.name })
+        return { ok: true }
+      }
+    })
+
+    protocol.registerMethod('groups.add', {
+      params: z.object({ group: Id, users: z.array(Id).min(1).max(config.maxMembers) }).strict(),
+      handler: async (device, p) => {
+        const { s, group, admin } = await load(p.group, device.userId)
+        requireAdmin(admin, p.group)
+        const fresh = [...new Set(p.users)].filter((u) => !group.members.some((m) => m.user === u))
+        if (group.members.length + fresh.length > config.maxMembers) {
+          throw new RpcError('invalid_params', `a group holds at most ${config.maxMembers} members (it has ${group.members.length})`)
+        }
+        const added = await s.add(p.group, fresh, Date.now())
+        if (added.length) await announce(p.group, { change: 'added', by: device.userId, users: added })
+        return { added }
+      }
+    })
+
+    protocol.registerMethod('groups.remove', {
+      params: z.object({ group: Id, user: Id }).strict(),
+      handler: async (device, p) => {
+        const { s, admin } = await load(p.group, device.userId)
+        requireAdmin(admin, p.group)
+        if (p.user === device.userId) throw new RpcError('invalid_params', 'use groups.leave to leave a group')
+        if (!(await s.remove(p.group, p.user))) throw new RpcError('invalid_params', `${p.user} is not a member`)
+        await announce(p.group, { change: 'removed', by: device.userId, users: [p.user] }, [p.user])
+        return { ok: true }
+      }
+    })
+
+    protocol.registerMethod('groups.promote', {
+      params: z.object({ group: Id, user: Id }).strict(),
+      handler: async (device, p) => {
+        const { s, group, admin } = await load(p.group, device.userId)
+        requireAdmin(admin, p.group)
+        if (!group.members.some((m) => m.user === p.user)) throw new RpcError('invalid_params', `${p.user} is not a member`)
+        await s.setRole(p.group, p.user, 'admin')
+        await announce(p.group, { change: 'promoted', by: device.userId, users: [p.user] })
+        return { ok: true }
+      }
+    })
+
+    protocol.registerMethod('groups.leave', {
+      params: GroupRef,
+      handler: async (device, p) => {
+        const { s, group } = await load(p.group, device.userId)
+        await s.remove(p.group, device.userId)
+        const rest = group.members.filter((m) => m.user !== device.userId)
+        // A group is never left without an admin: the longest-standing member takes over.
+        if (rest.length && !rest.some((m) => m.role === 'admin')) await s.setRole(p.group, rest[0]!.user, 'admin')
+        await announce(p.group, { change: 'left', by: device.userId, users: [device.userId] }, [device.userId])
+        return { ok: true }
+      }
+    })
+
+    ctx.hook('shutdown', async () => {
+      await store.close()
+    })
+
+    return { members: async (groupId) => (await initialised()).members(groupId) }
+  }
+})

@@ -1,0 +1,229 @@
+// Group store: one interface, an embedded (SQLite) and a MongoDB implementation, one contract.
+import { mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
+import Database from 'better-sqlite3'
+import type { Collection, Db } from 'mongodb'
+
+export type Role = 'admin' | 'member'
+
+export interface Member {
+  user: string
+  role: Role
+  joinedAt: number
+}
+
+export interface Group {
+  id: string
+  name: string
+  createdBy: string
+  createdAt: number
+  members: Member[]
+}
+
+export interface GroupStore {
+  init(): Promise<void>
+  /** Creates a group whose creator is its first admin. */
+  create(group: { id: string; name: string; createdBy: string; createdAt: number; members: readonly string[] }): Promise<Group>
+  get(id: string): Promise<Group | undefined>
+  rename(id: string, name: string): Promise<void>
+  /** Adds users as members (those already in keep their role); returns the users actually added. */
+  add(id: string, users: readonly string[], at: number): Promise<string[]>
+  /** Removes a member; false when the user was not one. */
+  remove(id: string, user: string): Promise<boolean>
+  setRole(id: string, user: string, role: Role): Promise<void>
+  role(id: string, user: string): Promise<Role | undefined>
+  /** Member user ids, in join order. */
+  members(id: string): Promise<string[]>
+  /** The groups a user belongs to. */
+  groupsOf(user: string): Promise<Array<{ id: string; name: string; role: Role }>>
+  close(): Promise<void>
+}
+
+export class SqliteGroupStore implements GroupStore {
+  private db: Database.Database | undefined
+  constructor(private readonly file: string) {}
+
+  private get conn(): Database.Database {
+    if (!this.db) throw new Error('group store is not initialised')
+    return this.db
+  }
+
+  async init(): Promise<void> {
+    if (this.file !== ':memory:') mkdirSync(dirname(this.file), { recursive: true })
+    const db = new Database(this.file)
+    db.pragma('journal_mode = WAL')
+    db.pragma('synchronous = NORMAL')
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_by TEXT NOT NULL, created_at INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS group_members (
+        group_id TEXT NOT NULL, user_id TEXT NOT NULL, role TEXT NOT NULL, joined_at INTEGER NOT NULL, seq INTEGER NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+      );
+      CREATE INDEX IF NOT EXISTS group_members_user ON group_members (user_id);
+    `)
+    this.db = db
+  }
+
+  async create(g: { id: string; name: string; createdBy: string; createdAt: number; members: readonly string[] }): Promise<Group> {
+    const db = this.conn
+    db.transaction(() => {
+      db.prepare('INSERT INTO groups (id, name, created_by, created_at) VALUES (?, ?, ?, ?)').run(g.id, g.name, g.createdBy, g.createdAt)
+      const insert = db.prepare('INSERT OR IGNORE INTO group_members (group_id, user_id, role, joined_at, seq) VALUES (?, ?, ?, ?, ?)')
+      ;[g.createdBy, ...g.members].forEach((u, i) => insert.run(g.id, u, u === g.createdBy ? 'admin' : 'member', g.createdAt, i))
+    })()
+    return (await this.get(g.id))!
+  }
+
+  async get(id: string): Promise<Group | undefined> {
+    const row = this.conn.prepare<[string], { id: string; name: string; created_by: string; created_at: number }>('SELECT * FROM groups WHERE id = ?').get(id)
+    if (!row) return undefined
+    const members = this.conn
+      .prepare<[string], { user_id: string; role: Role; joined_at: number }>('SELECT user_id, role, joined_at FROM group_members WHERE group_id = ? ORDER BY seq')
+      .all(id)
+      .map((m) => ({ user: m.user_id, role: m.role, joinedAt: m.joined_at }))
+    return { id: row.id, name: row.name, createdBy: row.created_by, createdAt: row.created_at, members }
+  }
+
+  async rename(id: string, name: string): Promise<void> {
+    this.conn.prepare('UPDATE groups SET name = ? WHERE id = ?').run(name, id)
+  }
+
+  async add(id: string, users: readonly string[], at: number): Promise<string[]> {
+    const db = this.conn
+    return db.transaction(() => {
+      const next = (db.prepare<[string], { s: number | null }>('SELECT MAX(seq) AS s FROM group_members WHERE group_id = ?').get(id)?.s ?? -1) + 1
+      const insert = db.prepare('INSERT OR IGNORE INTO group_members (group_id, user_id, role, joined_at, seq) VALUES (?, ?, ?, ?, ?)')
+      return [...new Set(users)].filter((u, i) => insert.run(id, u, 'member', at, next + i).changes === 1)
+    })()
+  }
+
+  async remove(id: string, user: string): Promise<boolean> {
+    return this.conn.prepare('DELETE FROM group_members WHERE group_id = ? AND user_id = ?').run(id, user).changes === 1
+  }
+
+  async setRole(id: string, user: string, role: Role): Promise<void> {
+    this.conn.prepare('UPDATE group_members SET role = ? WHERE group_id = ? AND user_id = ?').run(role, id, user)
+  }
+
+  async role(id: string, user: string): Promise<Role | undefined> {
+    return this.conn.prepare<[string, string], { role: Role }>('SELECT role FROM group_members WHERE group_id = ? AND user_id = ?').get(id, user)?.role
+  }
+
+  async members(id: string): Promise<string[]> {
+    return this.conn.prepare<[string], { user_id: string }>('SELECT user_id FROM group_members WHERE group_id = ? ORDER BY seq').all(id).map((r) => r.user_id)
+  }
+
+  async groupsOf(user: string): Promise<Array<{ id: string; name: string; role: Role }>> {
+    return this.conn
+      .prepare<[string], { id: string; name: string; role: Role }>(
+        'SELECT g.id AS id, g.name AS name, m.role AS role FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = ? ORDER BY g.created_at, g.id'
+      )
+      .all(user)
+  }
+
+  async close(): Promise<void> {
+    this.db?.close()
+    this.db = undefined
+  }
+}
+
+interface GroupDoc {
+  _id: string
+  name: string
+  createdBy: string
+  createdAt: number
+}
+interface MemberDoc {
+  _id: string
+  group: string
+  user: string
+  role: Role
+  joinedAt: number
+  seq: number
+}
+
+/** MongoDB: one document per group and one per membership (a 1,024-member group stays small documents). */
+export class MongoGroupStore implements GroupStore {
+  private readonly groups: Collection<GroupDoc>
+  private readonly memberships: Collection<MemberDoc>
+  constructor(db: Db) {
+    this.groups = db.collection<GroupDoc>('groups')
+    this.memberships = db.collection<MemberDoc>('group_members')
+  }
+
+  async init(): Promise<void> {
+    await this.memberships.createIndex({ group: 1, seq: 1 }, { name: 'group_seq' })
+    await this.memberships.createIndex({ user: 1 }, { name: 'user' })
+  }
+
+  async create(g: { id: string; name: string; createdBy: string; createdAt: number; members: readonly string[] }): Promise<Group> {
+    await this.groups.insertOne({ _id: g.id, name: g.name, createdBy: g.createdBy, createdAt: g.createdAt })
+    const users = [...new Set([g.createdBy, ...g.members])]
+    await this.memberships.insertMany(
+      users.map((u, i) => ({ _id: `${g.id}:${u}`, group: g.id, user: u, role: u === g.createdBy ? 'admin' : 'member', joinedAt: g.createdAt, seq: i }))
+    )
+    return (await this.get(g.id))!
+  }
+
+  async get(id: string): Promise<Group | undefined> {
+    const doc = await this.groups.findOne({ _id: id })
+    if (!doc) return undefined
+    const members = await this.memberships.find({ group: id }).sort({ seq: 1 }).toArray()
+    return {
+      id: doc._id,
+      name: doc.name,
+      createdBy: doc.createdBy,
+      createdAt: doc.createdAt,
+      members: members.map((m) => ({ user: m.user, role: m.role, joinedAt: m.joinedAt }))
+    }
+  }
+
+  async rename(id: string, name: string): Promise<void> {
+    await this.groups.updateOne({ _id: id }, { $set: { name } })
+  }
+
+  async add(id: string, users: readonly string[], at: number): Promise<string[]> {
+    const [last] = await this.memberships.find({ group: id }).sort({ seq: -1 }).limit(1).toArray()
+    const next = (last?.seq ?? -1) + 1
+    const added: string[] = []
+    // One insert per user: the _id (group:user) refuses a member twice, on MongoDB and FerretDB alike.
+    for (const [i, user] of [...new Set(users)].entries()) {
+      try {
+        await this.memberships.insertOne({ _id: `${id}:${user}`, group: id, user, role: 'member', joinedAt: at, seq: next + i })
+        added.push(user)
+      } catch (err) {
+        if ((err as { code?: number }).code !== 11000) throw err
+      }
+    }
+    return added
+  }
+
+  async remove(id: string, user: string): Promise<boolean> {
+    return (await this.memberships.deleteOne({ _id: `${id}:${user}` })).deletedCount === 1
+  }
+
+  async setRole(id: string, user: string, role: Role): Promise<void> {
+    await this.memberships.updateOne({ _id: `${id}:${user}` }, { $set: { role } })
+  }
+
+  async role(id: string, user: string): Promise<Role | undefined> {
+    return (await this.memberships.findOne({ _id: `${id}:${user}` }))?.role
+  }
+
+  async members(id: string): Promise<string[]> {
+    return (await this.memberships.find({ group: id }).sort({ seq: 1 }).project<{ user: string }>({ user: 1 }).toArray()).map((m) => m.user)
+  }
+
+  async groupsOf(user: string): Promise<Array<{ id: string; name: string; role: Role }>> {
+    const memberships = await this.memberships.find({ user }).toArray()
+    const docs = await this.groups.find({ _id: { $in: memberships.map((m) => m.group) } }).toArray()
+    const byId = new Map(docs.map((d) => [d._id, d]))
+    return memberships
+      .filter((m) => byId.has(m.group))
+      .map((m) => ({ id: m.group, name: byId.get(m.group)!.name, role: m.role, createdAt: byId.get(m.group)!.createdAt }))
+      .sort((x, y) => x.createdAt - y.createdAt || x.id.localeCompare(y.id))
+      .map(({ id, name, role }) => ({ id, name, role }))
+  }
+
+  async close(): Promise<void> {}
+}

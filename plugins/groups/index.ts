@@ -3,12 +3,12 @@
 // an event on each member's tree (u/{userId}/e, also to those removed), and the protocol plugin's
 // membership cache is invalidated on every node. The protocol asks this store who is a member.
 import { randomBytes } from 'node:crypto'
-import { join } from 'node:path'
 import { z } from 'zod'
 import { definePlugin } from '../../broker/plugin-api.js'
 import { Id } from '../../schemas/identity.js'
 import { DOWN, type Event } from '../../schemas/protocol.js'
 import { RpcError } from '../protocol/index.js'
+import { chooseStore, initInBackground } from '../shared/stores.js'
 import { MongoGroupStore, SqliteGroupStore, type Group, type GroupStore } from './store.js'
 
 export const GroupsConfig = z
@@ -39,24 +39,12 @@ export default definePlugin({
   register(ctx): GroupsApi {
     const { config } = ctx
     const protocol = ctx.dependency('protocol')
-    if (config.store === 'mongo' && !ctx.backends.mongo) throw new Error('groups.store is mongo but mongo.url is not set')
-    const useMongo = config.store === 'mongo' || (config.store === 'auto' && Boolean(ctx.backends.mongo))
-    const store: GroupStore = useMongo ? new MongoGroupStore(ctx.backends.mongo!) : new SqliteGroupStore(join(ctx.dataDir, 'groups.db'))
-    let ready: Promise<GroupStore> | undefined
-    const initialised = (): Promise<GroupStore> => {
-      ready ??= store.init().then(
-        () => store,
-        (err: unknown) => {
-          ready = undefined
-          throw err
-        }
-      )
-      return ready
-    }
-    initialised().catch((err: unknown) => ctx.log.warn({ err }, 'group store not ready yet; retried on use'))
-    ctx.readiness('store', async () => {
-      await initialised()
+    const store = chooseStore<GroupStore>(ctx, config.store, {
+      mongo: (db) => new MongoGroupStore(db),
+      embedded: (file) => new SqliteGroupStore(file),
+      file: 'groups.db'
     })
+    const initialised = initInBackground(ctx, store)
 
     protocol.setMembershipSource(async (groupId, userId) => (await (await initialised()).role(groupId, userId)) !== undefined)
 

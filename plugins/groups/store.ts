@@ -1,7 +1,6 @@
 // Group store: one interface, an embedded (SQLite) and a MongoDB implementation, one contract.
-import { mkdirSync } from 'node:fs'
-import { dirname } from 'node:path'
-import Database from 'better-sqlite3'
+import type Database from 'better-sqlite3'
+import { openSqlite } from '../shared/stores.js'
 import type { Collection, Db } from 'mongodb'
 
 export type Role = 'admin' | 'member'
@@ -49,10 +48,7 @@ export class SqliteGroupStore implements GroupStore {
   }
 
   async init(): Promise<void> {
-    if (this.file !== ':memory:') mkdirSync(dirname(this.file), { recursive: true })
-    const db = new Database(this.file)
-    db.pragma('journal_mode = WAL')
-    db.pragma('synchronous = NORMAL')
+    const db = openSqlite(this.file)
     db.exec(`
       CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_by TEXT NOT NULL, created_at INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS group_members (

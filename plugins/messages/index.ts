@@ -10,11 +10,11 @@
 //   4. the envelope goes to u/{recipient}/m and, as a carbon, to u/{sender}/m (the sender's
 //      devices; the sending device learns its id and seq from it).
 // Sync: the RPC methods messages.sync (after a seq) and messages.history (before a seq).
-import { join } from 'node:path'
 import { z } from 'zod'
 import { definePlugin } from '../../broker/plugin-api.js'
 import { ConversationRef, DOWN, SendMessage, parseUpTopic, type MessageEnvelope } from '../../schemas/protocol.js'
 import { RpcError, type Device } from '../protocol/index.js'
+import { chooseStore, initInBackground } from '../shared/stores.js'
 import { BatchingAppender } from './batcher.js'
 import { MongoMessageStore } from './mongo-store.js'
 import { SqliteMessageStore } from './sqlite-store.js'
@@ -80,28 +80,13 @@ export default definePlugin({
     const config = ctx.config
     const protocol = ctx.dependency('protocol')
     const groups = ctx.dependency('groups')
-    const useMongo = config.store === 'mongo' || (config.store === 'auto' && Boolean(ctx.backends.mongo))
-    if (config.store === 'mongo' && !ctx.backends.mongo) throw new Error('messages.store is mongo but mongo.url is not set')
-    const store: MessageStore = useMongo
-      ? new MongoMessageStore(ctx.backends.mongo!)
-      : new SqliteMessageStore(join(ctx.dataDir, 'messages.db'))
-
-    // The store is initialised in the background (MongoDB may not be reachable yet); sends wait for it.
-    let ready: Promise<MessageStore> | undefined
-    const initialised = (): Promise<MessageStore> => {
-      ready ??= store.init().then(
-        () => store,
-        (err: unknown) => {
-          ready = undefined
-          throw err
-        }
-      )
-      return ready
-    }
-    initialised().catch((err: unknown) => ctx.log.warn({ err }, 'message store not ready yet; retried on use'))
-    ctx.readiness('store', async () => {
-      await initialised()
+    const store = chooseStore<MessageStore>(ctx, config.store, {
+      mongo: (db) => new MongoMessageStore(db),
+      embedded: (file) => new SqliteMessageStore(file),
+      file: 'messages.db'
     })
+    // Sends wait for the store; /readyz reports it until it is initialised.
+    const initialised = initInBackground(ctx, store)
 
     const stored = ctx.metrics.counter({ name: 'messages_stored_total', help: 'Messages stored', labelNames: ['kind'] })
     const duplicates = ctx.metrics.counter({ name: 'messages_duplicates_total', help: 'Retried sends answered from the store' })

@@ -1,9 +1,8 @@
 // The embedded message store: SQLite (better-sqlite3) in the node's data directory. One node owns
 // the file, so a transaction makes sequence allocation and the idempotency check atomic, and a
 // whole batch is one transaction (one fsync) however many messages it holds.
-import { mkdirSync } from 'node:fs'
-import { dirname } from 'node:path'
-import Database from 'better-sqlite3'
+import type Database from 'better-sqlite3'
+import { openSqlite } from '../shared/stores.js'
 import { newMessageId, type AppendResult, type ConversationKey, type MessageStore, type NewMessage, type StoredMessage } from './store.js'
 
 interface Row {
@@ -46,11 +45,7 @@ export class SqliteMessageStore implements MessageStore {
   }
 
   async init(): Promise<void> {
-    if (this.file !== ':memory:') mkdirSync(dirname(this.file), { recursive: true })
-    const db = new Database(this.file)
-    // WAL: readers do not block the writer; NORMAL sync is durable across process crashes.
-    db.pragma('journal_mode = WAL')
-    db.pragma('synchronous = NORMAL')
+    const db = openSqlite(this.file)
     db.exec(`
       CREATE TABLE IF NOT EXISTS messages (
         id TEXT PRIMARY KEY,

@@ -1,0 +1,53 @@
+// What every plugin with a store shares: choosing the embedded or the MongoDB implementation,
+// opening the embedded SQLite file, and initialising in the background (MongoDB may not be
+// reachable when the node starts; /readyz reports the store until it is).
+import { mkdirSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import Database from 'better-sqlite3'
+import type { Db } from 'mongodb'
+import type { PluginContext } from '../../broker/plugin-api.js'
+
+export type StoreChoice = 'auto' | 'embedded' | 'mongo'
+
+/** MongoDB when `mongo.url` is set (auto) or asked for; else the embedded store in `<dataDir>/<file>`. */
+export function chooseStore<S>(
+  ctx: PluginContext<unknown>,
+  choice: StoreChoice,
+  make: { mongo: (db: Db) => S; embedded: (file: string) => S; file: string }
+): S {
+  if (choice === 'mongo' && !ctx.backends.mongo) throw new Error(`${ctx.name}: store is mongo but mongo.url is not set`)
+  const db = choice !== 'embedded' ? ctx.backends.mongo : undefined
+  return db ? make.mongo(db) : make.embedded(join(ctx.dataDir, make.file))
+}
+
+/** Opens an embedded SQLite database: WAL (readers never block the writer), durable across process crashes. */
+export function openSqlite(file: string): Database.Database {
+  if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true })
+  const db = new Database(file)
+  db.pragma('journal_mode = WAL')
+  db.pragma('synchronous = NORMAL')
+  return db
+}
+
+/**
+ * Starts `store.init()` now and returns an accessor that resolves once it succeeded; a failed
+ * init is retried by the next caller. The store is also a readiness check of the plugin.
+ */
+export function initInBackground<S extends { init(): Promise<void> }>(ctx: PluginContext<unknown>, store: S): () => Promise<S> {
+  let ready: Promise<S> | undefined
+  const initialised = (): Promise<S> => {
+    ready ??= store.init().then(
+      () => store,
+      (err: unknown) => {
+        ready = undefined
+        throw err
+      }
+    )
+    return ready
+  }
+  initialised().catch((err: unknown) => ctx.log.warn({ err }, 'store not ready yet; retried on use'))
+  ctx.readiness('store', async () => {
+    await initialised()
+  })
+  return initialised
+}

@@ -24,7 +24,7 @@ const port = int(0, 65535)
 const host = z.string().min(1, { error: 'expected a host name or IP address' })
 const filePath = z.string().min(1, { error: 'expected a file path' })
 
-/** The plugins a node runs when the configuration names none: device tokens, limits, the topic tree, messages. */
+/** The plugins a node runs when the configuration names none: device tokens, limits, the topic tree, groups, messages. */
 export const DEFAULT_PLUGINS = ['auth-jwt', 'limits', 'protocol', 'groups', 'messages'] as const
 
 /** Marks a field whose value must never be printed or logged. */

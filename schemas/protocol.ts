@@ -171,7 +171,7 @@ export const Event = z.discriminatedUnion('type', [
       group: Id,
       change: z.enum(['created', 'renamed', 'added', 'removed', 'left', 'promoted']),
       by: Id.describe('Who made the change'),
-      users: z.array(Id).optional().describe('Who was added, removed, left or promoted'),
+      users: z.array(Id).optional().describe('created: every member; added, removed, left, promoted: who'),
       name: z.string().optional().describe('The group name (created, renamed)')
     })
     .loose()

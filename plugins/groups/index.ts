@@ -147,8 +147,10 @@ export default definePlugin({
         await s.remove(p.group, device.userId)
         const rest = group.members.filter((m) => m.user !== device.userId)
         // A group is never left without an admin: the longest-standing member takes over.
-        if (rest.length && !rest.some((m) => m.role === 'admin')) await s.setRole(p.group, rest[0]!.user, 'admin')
+        const heir = rest.length && !rest.some((m) => m.role === 'admin') ? rest[0]!.user : undefined
+        if (heir) await s.setRole(p.group, heir, 'admin')
         await announce(p.group, { change: 'left', by: device.userId, users: [device.userId] }, [device.userId])
+        if (heir) await announce(p.group, { change: 'promoted', by: device.userId, users: [heir] })
         return { ok: true }
       }
     })

@@ -1,4 +1,4 @@
-// messages: turns a device's publish on s/dm/{userId} into a stored, numbered message.
+// messages: turns a device's publish on s/dm/{userId} or s/g/{groupId} into a stored, numbered message.
 //   1. protocol has validated the payload and the sender's right to write (it runs first);
 //   2. the message is stamped (server id, per-conversation seq, sender from the session, time)
 //      and stored, batched with others arriving in the same few milliseconds;
@@ -8,7 +8,8 @@
 //      retry (same cmid) is stored once the store is back; a retry of a stored send is answered
 //      with the same id and seq;
 //   4. the envelope goes to u/{recipient}/m and, as a carbon, to u/{sender}/m (the sender's
-//      devices; the sending device learns its id and seq from it).
+//      devices; the sending device learns its id and seq from it); a group message goes to every
+//      member's u/{member}/m at QoS 0 (docs/groups.md explains why).
 // Sync: the RPC methods messages.sync (after a seq) and messages.history (before a seq).
 import { z } from 'zod'
 import { definePlugin } from '../../broker/plugin-api.js'

@@ -3,6 +3,9 @@
 // (FerretDB's findAndModify is not atomic, so a $inc counter could hand out a number twice).
 // A node keeps the last seq it saw per conversation; when another node got there first the insert
 // fails with E11000, the node rereads the conversation's last seq and tries again.
+// One case leaves a number unused: the same send retried at the same moment on two nodes (one of
+// them claims a seq, then finds the send already stored). Clients treat a seq that sync does not
+// return as skipped.
 import { MongoBulkWriteError, type Collection, type Db } from 'mongodb'
 import { newMessageId, type AppendResult, type ConversationKey, type MessageStore, type NewMessage, type StoredMessage } from './store.js'
 

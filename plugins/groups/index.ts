@@ -21,6 +21,8 @@ export const GroupsConfig = z
 export interface GroupsApi {
   /** Member user ids of a group (empty when there is no such group). */
   members(groupId: string): Promise<string[]>
+  /** The groups a user belongs to. */
+  groupsOf(userId: string): Promise<Array<{ id: string; name: string; role: 'admin' | 'member' }>>
 }
 
 declare module '../../broker/plugin-api.js' {
@@ -159,6 +161,9 @@ export default definePlugin({
       await store.close()
     })
 
-    return { members: async (groupId) => (await initialised()).members(groupId) }
+    return {
+      members: async (groupId) => (await initialised()).members(groupId),
+      groupsOf: async (userId) => (await initialised()).groupsOf(userId)
+    }
   }
 })

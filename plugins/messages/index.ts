@@ -13,10 +13,11 @@
 // Sync: the RPC methods messages.sync (after a seq) and messages.history (before a seq).
 import { z } from 'zod'
 import { definePlugin } from '../../broker/plugin-api.js'
-import { ConversationRef, DOWN, SendMessage, parseUpTopic, type MessageEnvelope } from '../../schemas/protocol.js'
+import { ConversationRef, DOWN, ReadMarker, SendMessage, parseUpTopic, type Event, type MessageEnvelope, type Receipt } from '../../schemas/protocol.js'
 import { RpcError, type Device } from '../protocol/index.js'
 import { chooseStore, initInBackground } from '../shared/stores.js'
 import { BatchingAppender } from './batcher.js'
+import { MongoStateStore, SqliteStateStore, type StateStore } from './state-store.js'
 import { MongoMessageStore } from './mongo-store.js'
 import { SqliteMessageStore } from './sqlite-store.js'
 import { dmKey, groupKey, type ConversationKey, type MessageStore, type StoredMessage } from './store.js'
@@ -88,6 +89,12 @@ export default definePlugin({
     })
     // Sends wait for the store; /readyz reports it until it is initialised.
     const initialised = initInBackground(ctx, store)
+    const stateStore = chooseStore<StateStore>(ctx, config.store, {
+      mongo: (db) => new MongoStateStore(db),
+      embedded: (file) => new SqliteStateStore(file),
+      file: 'conversations.db'
+    })
+    const state = initInBackground(ctx, stateStore, 'conversation-state')
 
     const stored = ctx.metrics.counter({ name: 'messages_stored_total', help: 'Messages stored', labelNames: ['kind'] })
     const duplicates = ctx.metrics.counter({ name: 'messages_duplicates_total', help: 'Retried sends answered from the store' })
@@ -114,9 +121,42 @@ export default definePlugin({
       }
     }
 
+    /** Moves a reader's marker; tells the reader's devices and, in a one-to-one chat, the other user. */
+    const markRead = async (device: Device, conversation: ConversationRef, wanted: number): Promise<void> => {
+      const key = await keyFor(device, conversation)
+      const [s, st] = [await initialised(), await state()]
+      const before = (await st.get(device.userId, key))?.readSeq ?? 0
+      const now = await st.markRead(device.userId, key, Math.min(wanted, await s.lastSeq(key)))
+      if (now <= before) return
+      const ts = Date.now()
+      const event: Event = { type: 'read', conversation, seq: now }
+      await ctx.publish({ topic: DOWN.events(device.userId), payload: JSON.stringify(event), qos: 1 })
+      if (conversation.kind === 'dm' && conversation.id !== device.userId) {
+        const receipt: Receipt = { kind: 'read', conversation: { kind: 'dm', id: device.userId }, upToSeq: now, by: device.userId, ts }
+        await ctx.publish({ topic: DOWN.receipts(conversation.id), payload: JSON.stringify(receipt), qos: 1 })
+      }
+    }
+
+    /** Conversation state that trails a stored message: the list order, and "sending reads". */
+    const recordActivity = (m: StoredMessage, users: readonly string[]): void => {
+      void state()
+        .then(async (st) => {
+          await st.touch(users, m.conversation, m.ts)
+          await st.markRead(m.sender.user, m.conversation, m.seq)
+        })
+        .catch((err: unknown) => ctx.log.error({ err, id: m.id }, 'conversation state not updated'))
+    }
+
     ctx.hook('authorizePublish', async (client, packet, { will }) => {
       if (will) return undefined
       const up = parseUpTopic(packet.topic)
+      if (up?.kind === 'read') {
+        const device = protocol.deviceOf(client)
+        if (!device) return undefined
+        const marker = ReadMarker.parse(JSON.parse(packet.payload.toString()))
+        await markRead(device, marker.conversation, marker.seq) // PUBACK once the marker is stored
+        return undefined
+      }
       if (up?.kind !== 'dm' && up?.kind !== 'group') return undefined
       const device = protocol.deviceOf(client)
       if (!device) return undefined // protocol has refused it already
@@ -139,7 +179,10 @@ export default definePlugin({
         throw err
       }
       if (result.duplicate) duplicates.inc()
-      else stored.inc({ kind: up.kind })
+      else {
+        stored.inc({ kind: up.kind })
+        recordActivity(result.message, up.kind === 'dm' ? [device.userId, up.peer] : [device.userId])
+      }
       // At least once: a retry is delivered again (devices drop duplicate ids).
       if (up.kind === 'dm') deliver(result.message, [up.peer, device.userId], 1)
       else deliver(result.message, await groups.members(up.groupId), 0)
@@ -180,9 +223,37 @@ export default definePlugin({
       }
     })
 
+    protocol.registerMethod('conversations.list', {
+      params: z.object({ limit: z.number().int().positive().max(500).optional() }).strict(),
+      handler: async (device, p) => {
+        const [s, st] = [await initialised(), await state()]
+        const limit = p.limit ?? 100
+        const keys = new Set((await st.list(device.userId, limit)).map((c) => c.conversation).filter((k) => k.startsWith('dm:')))
+        for (const g of await groups.groupsOf(device.userId)) keys.add(groupKey(g.id))
+        const rows = await Promise.all(
+          [...keys].map(async (key) => {
+            const [last] = await s.before(key, Number.MAX_SAFE_INTEGER, 1)
+            const readSeq = (await st.get(device.userId, key))?.readSeq ?? 0
+            const lastSeq = last?.seq ?? 0
+            return {
+              conversation: conversationFor(key, device.userId),
+              lastSeq,
+              readSeq,
+              unread: Math.max(0, lastSeq - readSeq),
+              ...(last ? { last: envelopeFor(last, device.userId) } : {})
+            }
+          })
+        )
+        rows.sort((a, b) => (b.last?.ts ?? 0) - (a.last?.ts ?? 0))
+        const conversations = rows.slice(0, limit)
+        return { conversations, totalUnread: conversations.reduce((n, c) => n + c.unread, 0) }
+      }
+    })
+
     ctx.hook('shutdown', async () => {
       await appender.drain()
       await store.close()
+      await stateStore.close()
     })
 
     return { drain: () => appender.drain() }

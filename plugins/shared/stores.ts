@@ -33,7 +33,11 @@ export function openSqlite(file: string): Database.Database {
  * Starts `store.init()` now and returns an accessor that resolves once it succeeded; a failed
  * init is retried by the next caller. The store is also a readiness check of the plugin.
  */
-export function initInBackground<S extends { init(): Promise<void> }>(ctx: PluginContext<unknown>, store: S): () => Promise<S> {
+export function initInBackground<S extends { init(): Promise<void> }>(
+  ctx: PluginContext<unknown>,
+  store: S,
+  name = 'store'
+): () => Promise<S> {
   let ready: Promise<S> | undefined
   const initialised = (): Promise<S> => {
     ready ??= store.init().then(
@@ -46,7 +50,7 @@ export function initInBackground<S extends { init(): Promise<void> }>(ctx: Plugi
     return ready
   }
   initialised().catch((err: unknown) => ctx.log.warn({ err }, 'store not ready yet; retried on use'))
-  ctx.readiness('store', async () => {
+  ctx.readiness(name, async () => {
     await initialised()
   })
   return initialised

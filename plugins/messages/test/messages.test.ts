@@ -120,6 +120,57 @@ describe('messages on the embedded store', () => {
   })
 })
 
+describe('read markers, receipts and unread counts', () => {
+  let t: TestNode
+  before(async () => {
+    t = await startNode({ plugins: ['protocol', 'groups', 'messages'] })
+  })
+  after(async () => t?.stop())
+
+  it('counts unread, moves markers forward only, and tells the sender and the reader\'s devices', async () => {
+    const [alice, bobPhone, bobTablet] = await Promise.all([
+      device(t.mqttUrl, 'ann', 'phone'),
+      device(t.mqttUrl, 'ben', 'phone'),
+      device(t.mqttUrl, 'ben', 'tablet')
+    ])
+    const seen = { receipts: [] as unknown[], events: [] as unknown[] }
+    alice.client.on('message', (topic, payload) => topic === 'u/ann/r' && seen.receipts.push(JSON.parse(payload.toString())))
+    bobTablet.client.on('message', (topic, payload) => topic === 'u/ben/e' && seen.events.push(JSON.parse(payload.toString())))
+    for (let i = 1; i <= 3; i++) await alice.send('ben', `r${i}`, `note ${i}`)
+    const list = async (d: Dev) =>
+      (await d.rpc('conversations.list', {})).result as { conversations: Array<{ conversation: object; unread: number; lastSeq: number; readSeq: number; last?: MessageEnvelope }>; totalUnread: number }
+    await eventually(async () => (await list(bobPhone)).conversations.length === 1, 5000, 'the conversation is listed')
+    const before = await list(bobPhone)
+    assert.deepEqual(before.conversations.map((c) => [c.conversation, c.unread, c.lastSeq, c.last?.body]), [[{ kind: 'dm', id: 'ann' }, 3, 3, 'note 3']])
+    // The sender's own marker trails the PUBACK (it is bookkeeping, not the message).
+    await eventually(async () => (await list(alice)).conversations[0]?.readSeq === 3, 5000, 'what you send counts as read')
+    assert.equal((await list(alice)).totalUnread, 0)
+
+    const read = (d: Dev, seq: number) => d.client.publishAsync('s/read', JSON.stringify({ conversation: { kind: 'dm', id: 'ann' }, seq }), { qos: 1 })
+    await read(bobPhone, 2)
+    await eventually(() => seen.receipts.length === 1 && seen.events.length === 1, 5000, 'receipt and event')
+    assert.deepEqual(seen.receipts[0], { ...(seen.receipts[0] as object), kind: 'read', conversation: { kind: 'dm', id: 'ben' }, upToSeq: 2, by: 'ben' })
+    assert.deepEqual(seen.events[0], { type: 'read', conversation: { kind: 'dm', id: 'ann' }, seq: 2 })
+    assert.equal((await list(bobTablet)).totalUnread, 1)
+
+    await read(bobTablet, 1) // an older marker changes nothing
+    await read(bobTablet, 99) // beyond the conversation: up to its last message
+    await eventually(() => seen.receipts.length === 2, 5000, 'second receipt')
+    assert.equal((seen.receipts[1] as { upToSeq: number }).upToSeq, 3)
+    assert.equal(seen.events.length, 2, 'no event for the marker that did not move')
+    assert.equal((await list(bobPhone)).totalUnread, 0)
+
+    const created = await alice.rpc('groups.create', { name: 'Pair', members: ['ben'] })
+    const group = (created.result as { id: string }).id
+    await bobPhone.client.publishAsync(`s/g/${group}`, JSON.stringify({ cmid: 'g1', body: 'group hello' }), { qos: 1 })
+    await bobPhone.client.publishAsync(`s/g/${group}`, JSON.stringify({ cmid: 'g2', body: 'group again' }), { qos: 1 })
+    await eventually(async () => (await list(alice)).totalUnread === 2, 5000, 'group messages unread for ann')
+    const annList = await list(alice)
+    assert.deepEqual(annList.conversations[0]!.conversation, { kind: 'group', id: group }, 'most recent first')
+    await Promise.all([alice, bobPhone, bobTablet].map((d) => d.client.endAsync()))
+  })
+})
+
 /** A TCP proxy to the database that the test can cut and restore: a database outage on demand. */
 class Cuttable {
   private server: Server | undefined

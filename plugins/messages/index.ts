@@ -11,6 +11,8 @@
 //      devices; the sending device learns its id and seq from it); a group message goes to every
 //      member's u/{member}/m at QoS 0 (docs/groups.md explains why).
 // Sync: the RPC methods messages.sync (after a seq) and messages.history (before a seq).
+// Read state: s/read moves a reader's marker (read event to the reader's devices, read receipt to
+// the other user of a one-to-one chat); conversations.list gives last messages and unread counts.
 import { z } from 'zod'
 import { definePlugin } from '../../broker/plugin-api.js'
 import { ConversationRef, DOWN, ReadMarker, SendMessage, parseUpTopic, type Event, type MessageEnvelope, type Receipt } from '../../schemas/protocol.js'
@@ -181,7 +183,8 @@ export default definePlugin({
       if (result.duplicate) duplicates.inc()
       else {
         stored.inc({ kind: up.kind })
-        recordActivity(result.message, up.kind === 'dm' ? [device.userId, up.peer] : [device.userId])
+        // Groups are listed from the groups plugin: only one-to-one rows carry activity times.
+        recordActivity(result.message, up.kind === 'dm' ? [device.userId, up.peer] : [])
       }
       // At least once: a retry is delivered again (devices drop duplicate ids).
       if (up.kind === 'dm') deliver(result.message, [up.peer, device.userId], 1)
@@ -244,8 +247,8 @@ export default definePlugin({
             }
           })
         )
-        rows.sort((a, b) => (b.last?.ts ?? 0) - (a.last?.ts ?? 0))
-        const conversations = rows.slice(0, limit)
+        // A conversation without messages (say, a read marker sent to an empty chat) is not listed.
+        const conversations = rows.filter((r) => r.lastSeq > 0).sort((a, b) => (b.last?.ts ?? 0) - (a.last?.ts ?? 0)).slice(0, limit)
         return { conversations, totalUnread: conversations.reduce((n, c) => n + c.unread, 0) }
       }
     })

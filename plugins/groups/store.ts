@@ -1,6 +1,5 @@
 // Group store: one interface, an embedded (SQLite) and a MongoDB implementation, one contract.
-import type Database from 'better-sqlite3'
-import { openSqlite } from '../shared/stores.js'
+import { SqliteBacked } from '../shared/stores.js'
 import type { Collection, Db } from 'mongodb'
 
 export type Role = 'admin' | 'member'
@@ -38,26 +37,18 @@ export interface GroupStore {
   close(): Promise<void>
 }
 
-export class SqliteGroupStore implements GroupStore {
-  private db: Database.Database | undefined
-  constructor(private readonly file: string) {}
-
-  private get conn(): Database.Database {
-    if (!this.db) throw new Error('group store is not initialised')
-    return this.db
-  }
-
-  async init(): Promise<void> {
-    const db = openSqlite(this.file)
-    db.exec(`
+const SQLITE_SCHEMA = `
       CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_by TEXT NOT NULL, created_at INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS group_members (
         group_id TEXT NOT NULL, user_id TEXT NOT NULL, role TEXT NOT NULL, joined_at INTEGER NOT NULL, seq INTEGER NOT NULL,
         PRIMARY KEY (group_id, user_id)
       );
       CREATE INDEX IF NOT EXISTS group_members_user ON group_members (user_id);
-    `)
-    this.db = db
+    `
+
+export class SqliteGroupStore extends SqliteBacked implements GroupStore {
+  constructor(file: string) {
+    super(file, SQLITE_SCHEMA)
   }
 
   async create(g: { id: string; name: string; createdBy: string; createdAt: number; members: readonly string[] }): Promise<Group> {
@@ -117,10 +108,6 @@ export class SqliteGroupStore implements GroupStore {
       .all(user)
   }
 
-  async close(): Promise<void> {
-    this.db?.close()
-    this.db = undefined
-  }
 }
 
 interface GroupDoc {

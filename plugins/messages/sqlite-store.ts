@@ -1,8 +1,7 @@
 // The embedded message store: SQLite (better-sqlite3) in the node's data directory. One node owns
 // the file, so a transaction makes sequence allocation and the idempotency check atomic, and a
 // whole batch is one transaction (one fsync) however many messages it holds.
-import type Database from 'better-sqlite3'
-import { openSqlite } from '../shared/stores.js'
+import { SqliteBacked } from '../shared/stores.js'
 import { newMessageId, type AppendResult, type ConversationKey, type MessageStore, type NewMessage, type StoredMessage } from './store.js'
 
 interface Row {
@@ -34,19 +33,7 @@ function toMessage(r: Row): StoredMessage {
   }
 }
 
-export class SqliteMessageStore implements MessageStore {
-  private db: Database.Database | undefined
-
-  constructor(private readonly file: string) {}
-
-  private get conn(): Database.Database {
-    if (!this.db) throw new Error('message store is not initialised')
-    return this.db
-  }
-
-  async init(): Promise<void> {
-    const db = openSqlite(this.file)
-    db.exec(`
+const SCHEMA = `
       CREATE TABLE IF NOT EXISTS messages (
         id TEXT PRIMARY KEY,
         conversation TEXT NOT NULL,
@@ -62,8 +49,11 @@ export class SqliteMessageStore implements MessageStore {
       );
       CREATE UNIQUE INDEX IF NOT EXISTS messages_conversation_seq ON messages (conversation, seq);
       CREATE UNIQUE INDEX IF NOT EXISTS messages_sender_cmid ON messages (sender_user, cmid);
-    `)
-    this.db = db
+    `
+
+export class SqliteMessageStore extends SqliteBacked implements MessageStore {
+  constructor(file: string) {
+    super(file, SCHEMA)
   }
 
   async append(batch: readonly NewMessage[]): Promise<AppendResult[]> {
@@ -120,8 +110,4 @@ export class SqliteMessageStore implements MessageStore {
     return this.conn.prepare<[string], { seq: number | null }>('SELECT MAX(seq) AS seq FROM messages WHERE conversation = ?').get(conversation)?.seq ?? 0
   }
 
-  async close(): Promise<void> {
-    this.db?.close()
-    this.db = undefined
-  }
 }

@@ -1,9 +1,8 @@
 // Per-user conversation state: which one-to-one conversations a user has (for the conversation
 // list) and how far each user has read. Markers only move forward. Group conversations come from
 // the groups plugin; their read markers are kept here too.
-import type Database from 'better-sqlite3'
 import type { Collection, Db } from 'mongodb'
-import { openSqlite } from '../shared/stores.js'
+import { SqliteBacked } from '../shared/stores.js'
 import type { ConversationKey } from './store.js'
 
 export interface ConversationState {
@@ -35,25 +34,17 @@ interface Row {
 }
 const fromRow = (r: Row): ConversationState => ({ user: r.user_id, conversation: r.conversation, readSeq: r.read_seq, ts: r.ts })
 
-export class SqliteStateStore implements StateStore {
-  private db: Database.Database | undefined
-  constructor(private readonly file: string) {}
-
-  private get conn(): Database.Database {
-    if (!this.db) throw new Error('state store is not initialised')
-    return this.db
-  }
-
-  async init(): Promise<void> {
-    const db = openSqlite(this.file)
-    db.exec(`
+const SCHEMA = `
       CREATE TABLE IF NOT EXISTS conversation_state (
         user_id TEXT NOT NULL, conversation TEXT NOT NULL, read_seq INTEGER NOT NULL, ts INTEGER NOT NULL,
         PRIMARY KEY (user_id, conversation)
       );
       CREATE INDEX IF NOT EXISTS conversation_state_user_ts ON conversation_state (user_id, ts DESC);
-    `)
-    this.db = db
+    `
+
+export class SqliteStateStore extends SqliteBacked implements StateStore {
+  constructor(file: string) {
+    super(file, SCHEMA)
   }
 
   async touch(users: readonly string[], conversation: ConversationKey, ts: number): Promise<void> {
@@ -83,10 +74,6 @@ export class SqliteStateStore implements StateStore {
     return this.conn.prepare<[string, number], Row>('SELECT * FROM conversation_state WHERE user_id = ? ORDER BY ts DESC LIMIT ?').all(user, limit).map(fromRow)
   }
 
-  async close(): Promise<void> {
-    this.db?.close()
-    this.db = undefined
-  }
 }
 
 interface Doc {

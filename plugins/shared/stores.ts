@@ -29,6 +29,32 @@ export function openSqlite(file: string): Database.Database {
   return db
 }
 
+/** The life cycle every embedded store shares: open the file, create its schema, close. */
+export abstract class SqliteBacked {
+  private handle: Database.Database | undefined
+
+  constructor(
+    private readonly file: string,
+    private readonly schema: string
+  ) {}
+
+  protected get conn(): Database.Database {
+    if (!this.handle) throw new Error(`${this.file} is not open: init() first`)
+    return this.handle
+  }
+
+  async init(): Promise<void> {
+    const db = openSqlite(this.file)
+    db.exec(this.schema)
+    this.handle = db
+  }
+
+  async close(): Promise<void> {
+    this.handle?.close()
+    this.handle = undefined
+  }
+}
+
 /**
  * Starts `store.init()` now and returns an accessor that resolves once it succeeded; a failed
  * init is retried by the next caller. The store is also a readiness check of the plugin.

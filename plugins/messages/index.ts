@@ -200,12 +200,17 @@ export default definePlugin({
       return groupKey(conversation.id)
     }
 
+    /** What a page request needs: the store, the conversation (membership checked) and the page size. */
+    const pageRequest = async (device: Device, p: { conversation: ConversationRef; limit?: number | undefined }) => ({
+      s: await initialised(),
+      key: await keyFor(device, p.conversation),
+      limit: Math.min(p.limit ?? config.maxSyncPage, config.maxSyncPage)
+    })
+
     protocol.registerMethod('messages.sync', {
       params: SyncParams,
       handler: async (device, p) => {
-        const s = await initialised()
-        const limit = Math.min(p.limit ?? config.maxSyncPage, config.maxSyncPage)
-        const key = await keyFor(device, p.conversation)
+        const { s, key, limit } = await pageRequest(device, p)
         const page = await s.after(key, p.afterSeq, limit + 1)
         return {
           messages: page.slice(0, limit).map((m) => envelopeFor(m, device.userId)),
@@ -218,9 +223,7 @@ export default definePlugin({
     protocol.registerMethod('messages.history', {
       params: HistoryParams,
       handler: async (device, p) => {
-        const s = await initialised()
-        const limit = Math.min(p.limit ?? config.maxSyncPage, config.maxSyncPage)
-        const key = await keyFor(device, p.conversation)
+        const { s, key, limit } = await pageRequest(device, p)
         const page = await s.before(key, p.beforeSeq ?? Number.MAX_SAFE_INTEGER, limit + 1)
         return { messages: page.slice(-limit).map((m) => envelopeFor(m, device.userId)), hasMore: page.length > limit }
       }

@@ -1,15 +1,13 @@
 import assert from 'node:assert/strict'
-import { randomBytes } from 'node:crypto'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { MongoClient } from 'mongodb'
 import type { MqttClient } from 'mqtt'
 import type { MessageEnvelope } from '../../../schemas/protocol.js'
 import { eventually } from '../../../test/helpers/broker-process.js'
 import { connectClient, startNode, type TestNode } from '../../../test/helpers/node.js'
-import { mongoUrl } from '../../../test/helpers/services.js'
+import { mongoTestDb } from '../../../test/helpers/services.js'
 import { MongoGroupStore, SqliteGroupStore, type GroupStore } from '../store.js'
 
 const contract: Array<[string, () => Promise<{ store: GroupStore; done: () => Promise<void> }>]> = [
@@ -24,11 +22,10 @@ const contract: Array<[string, () => Promise<{ store: GroupStore; done: () => Pr
   [
     'MongoDB (FerretDB)',
     async () => {
-      const client = new MongoClient(mongoUrl(), { serverSelectionTimeoutMS: 5000 })
-      const db = client.db(`parley_groups_${randomBytes(3).toString('hex')}`)
+      const { db, done } = await mongoTestDb('parley_groups')
       const store = new MongoGroupStore(db)
       await store.init()
-      return { store, done: async () => { await db.dropDatabase(); await client.close() } }
+      return { store, done }
     }
   ]
 ]

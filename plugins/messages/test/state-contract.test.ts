@@ -1,12 +1,10 @@
 // One contract for the conversation state stores: embedded (SQLite) and MongoDB (FerretDB).
 import assert from 'node:assert/strict'
-import { randomBytes } from 'node:crypto'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
-import { MongoClient } from 'mongodb'
-import { mongoUrl } from '../../../test/helpers/services.js'
+import { mongoTestDb } from '../../../test/helpers/services.js'
 import { MongoStateStore, SqliteStateStore, type StateStore } from '../state-store.js'
 
 const backends: Array<[string, () => Promise<{ store: StateStore; done: () => Promise<void> }>]> = [
@@ -21,17 +19,10 @@ const backends: Array<[string, () => Promise<{ store: StateStore; done: () => Pr
   [
     'MongoDB (FerretDB)',
     async () => {
-      const client = new MongoClient(mongoUrl(), { serverSelectionTimeoutMS: 5000 })
-      const db = client.db(`parley_state_${randomBytes(3).toString('hex')}`)
+      const { db, done } = await mongoTestDb('parley_state')
       const store = new MongoStateStore(db)
       await store.init()
-      return {
-        store,
-        done: async () => {
-          await db.dropDatabase()
-          await client.close()
-        }
-      }
+      return { store, done }
     }
   ]
 ]

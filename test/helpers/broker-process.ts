@@ -154,3 +154,16 @@ export async function eventually(check: () => boolean | Promise<boolean>, timeou
   }
   throw new Error(`${what} not reached within ${timeoutMs} ms`)
 }
+
+/** Awaits `promise`, or fails after `timeoutMs` naming what never happened (a hang becomes a clear failure). */
+export async function within<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${timeoutMs} ms`)), timeoutMs)
+  })
+  try {
+    return await Promise.race([promise, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}

@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test'
 import type mqtt from 'mqtt';
 import { type MqttClient } from 'mqtt'
 import type { MessageEnvelope } from '../../../schemas/protocol.js'
-import { eventually } from '../../../test/helpers/broker-process.js'
+import { eventually, within } from '../../../test/helpers/broker-process.js'
 import { connectClient, startNode, type TestNode } from '../../../test/helpers/node.js'
 import { mongoUrl } from '../../../test/helpers/services.js'
 
@@ -35,12 +35,12 @@ async function device(url: string, user: string, dev: string, options: mqtt.ICli
   return {
     client,
     messages,
-    rpc: (method, params) =>
-      new Promise((resolve) => {
-        const id = `r${++rpcIds}`
-        waiting.set(id, resolve)
-        void client.publishAsync('s/rpc', JSON.stringify({ id, method, params }), { qos: 1 })
-      }),
+    rpc: (method, params) => {
+      const id = `r${++rpcIds}`
+      const answered = new Promise<{ ok: boolean; result?: unknown; error?: { code: string } }>((resolve) => waiting.set(id, resolve))
+      void client.publishAsync('s/rpc', JSON.stringify({ id, method, params }), { qos: 1 })
+      return within(answered, 10_000, `${user}:${dev} answer to ${method}`)
+    },
     send: async (peer, cmid, body) => {
       await client.publishAsync(`s/dm/${peer}`, JSON.stringify({ cmid, body }), { qos: 1 })
     }
@@ -192,7 +192,10 @@ class Cuttable {
       }
       inbound.pipe(outbound).pipe(inbound)
     })
-    await new Promise<void>((resolve) => this.server!.listen(this.port, '127.0.0.1', resolve))
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject) // e.g. the port was taken while the proxy was cut
+      this.server!.listen(this.port, '127.0.0.1', resolve)
+    })
     this.port = (this.server.address() as { port: number }).port
   }
 
@@ -219,34 +222,34 @@ describe('messages on MongoDB when the database fails', () => {
     await eventually(async () => (await fetch(`http://127.0.0.1:${t.ops}/readyz`)).status === 200, 15_000, 'store ready')
   })
   after(async () => {
-    await t?.stop()
+    await within(t?.stop() ?? Promise.resolve(), 20_000, 'stopping the node')
     await proxy?.cut().catch(() => undefined)
   })
 
-  it('gives no PUBACK while the store is down, and stores the retry once it is back', async () => {
+  it('gives no PUBACK while the store is down, and stores the retry once it is back', { timeout: 90_000 }, async () => {
     const receiver = await device(t.mqttUrl, 'hal', 'phone')
     // A persistent session: mqtt.js resends an unacknowledged QoS 1 publish after reconnecting.
     const sender = await device(t.mqttUrl, 'ivy', 'phone', { clean: false, reconnectPeriod: 300 })
     await sender.send('hal', 'i1', 'before the outage')
     await eventually(() => receiver.messages.length === 1, 5000, 'first message')
 
-    await proxy.cut()
+    await within(proxy.cut(), 5000, 'cutting the database proxy')
     let acked = false
     const closed = new Promise<void>((resolve) => sender.client.once('close', () => resolve()))
     const send = sender.send('hal', 'i2', 'during the outage').then(() => {
       acked = true
     })
-    await closed
+    await within(closed, 15_000, 'the broker closing the sender whose send could not be stored')
     assert.equal(acked, false, 'the store failed: no PUBACK, the connection was closed')
     assert.equal(receiver.messages.length, 1, 'nothing was delivered')
 
-    await proxy.open()
-    await send // mqtt.js resent it after reconnecting; the PUBACK now means stored
+    await within(proxy.open(), 5000, 'reopening the database proxy')
+    await within(send, 30_000, 'the PUBACK of the resent message') // mqtt.js resent it after reconnecting; the PUBACK now means stored
     await eventually(() => receiver.messages.length === 2, 15_000, 'the retried message')
     assert.deepEqual(ids(receiver.messages), ['1:before the outage', '2:during the outage'])
     const sync = await receiver.rpc('messages.sync', { conversation: { kind: 'dm', id: 'ivy' }, afterSeq: 0 })
     assert.deepEqual(ids((sync.result as { messages: MessageEnvelope[] }).messages), ['1:before the outage', '2:during the outage'], 'stored once')
     sender.client.end(true)
-    await receiver.client.endAsync()
+    await within(receiver.client.endAsync(), 5000, 'receiver disconnect')
   })
 })

@@ -22,6 +22,8 @@ export const UP = {
   group: (groupId: string) => `s/g/${groupId}`,
   /** Read marker: s/read. */
   read: 's/read',
+  /** Delivered marker ("this device has everything up to seq"), for devices whose PUBACKs the server cannot see: s/delivered. */
+  delivered: 's/delivered',
   /** Typing indicator: s/typing/dm/{userId} or s/typing/g/{groupId}. */
   typing: (kind: 'dm' | 'g', id: string) => `s/typing/${kind}/${id}`,
   /** Request to the server (correlation id in the payload): s/rpc. */
@@ -49,6 +51,7 @@ export type UpTopic =
   | { kind: 'dm'; peer: string }
   | { kind: 'group'; groupId: string }
   | { kind: 'read' }
+  | { kind: 'delivered' }
   | { kind: 'typing'; conversation: ConversationRef }
   | { kind: 'rpc' }
 
@@ -60,6 +63,7 @@ export function parseUpTopic(topic: string): UpTopic | undefined {
   if (l.length === 3 && l[1] === 'dm' && isId(l[2])) return { kind: 'dm', peer: l[2] }
   if (l.length === 3 && l[1] === 'g' && isId(l[2])) return { kind: 'group', groupId: l[2] }
   if (l.length === 2 && l[1] === 'read') return { kind: 'read' }
+  if (l.length === 2 && l[1] === 'delivered') return { kind: 'delivered' }
   if (l.length === 2 && l[1] === 'rpc') return { kind: 'rpc' }
   if (l.length === 4 && l[1] === 'typing' && (l[2] === 'dm' || l[2] === 'g') && isId(l[3])) {
     return { kind: 'typing', conversation: { kind: l[2] === 'dm' ? 'dm' : 'group', id: l[3] } }
@@ -88,17 +92,56 @@ export const ConversationRef = z
   .strict()
 export type ConversationRef = z.infer<typeof ConversationRef>
 
-/** A message a device sends on s/dm/{userId} or s/g/{groupId}. The server stamps sender, id, seq and time. */
-export const SendMessage = z
+/** Server message ids (stamped by the server, referenced by replies, edits and deletes). */
+export const MessageId = z.string().regex(/^[0-9a-z]{9}[0-9a-f]{16}$/, { error: 'expected a server message id' })
+
+/**
+ * A reference to an uploaded media object (the media plugin hands out the id and the upload URL);
+ * the server forwards it as given. With e2e, the keys to decrypt travel in the (encrypted) body.
+ */
+export const MediaRef = z
   .object({
-    cmid: Id.describe('Client message id, unique per sender: a retry with the same cmid is not stored twice'),
-    type: z.enum(['text']).default('text').describe('Message kind (media kinds arrive with media support)'),
-    body: z.string().min(1).max(MAX_BODY_CHARS).describe('The text'),
-    replyTo: z.string().min(1).max(64).optional().describe('Server id of the message this replies to'),
-    e2e: z.boolean().default(false).describe('The body is end-to-end encrypted ciphertext (push shows no preview)')
+    id: z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, { error: 'expected a media id' }).describe('Media object id'),
+    mime: z.string().regex(/^[a-z0-9][a-z0-9.+-]*\/[a-z0-9][a-z0-9.+-]*$/i, { error: 'expected a MIME type such as image/jpeg' }).max(127),
+    size: z.number().int().min(0).describe('Bytes'),
+    name: z.string().min(1).max(255).optional().describe('File name to show'),
+    width: z.number().int().positive().max(100_000).optional(),
+    height: z.number().int().positive().max(100_000).optional(),
+    durationMs: z.number().int().min(0).optional().describe('Audio and video length'),
+    thumbnail: z.string().max(8192).optional().describe('A tiny preview, base64, at most 8 KiB')
   })
   .strict()
+export type MediaRef = z.infer<typeof MediaRef>
+
+const cmid = Id.describe('Client message id, unique per sender: a retry with the same cmid is not stored twice')
+const e2e = z.boolean().default(false).describe('The body is end-to-end encrypted ciphertext: stored and forwarded unread, no push preview')
+const replyTo = MessageId.optional().describe('Server id of the message this replies to')
+
+/**
+ * A message a device sends on s/dm/{userId} or s/g/{groupId}, by `type` (text when absent). The
+ * server stamps sender, id, seq and time. Edits and deletes are new messages that reference the
+ * original (`ref`); system notices come from the server only.
+ */
+export const SendMessage = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('text').default('text'), cmid, body: z.string().min(1).max(MAX_BODY_CHARS).describe('The text'), replyTo, e2e }).strict(),
+  z
+    .object({ type: z.literal('media'), cmid, media: MediaRef, body: z.string().min(1).max(MAX_BODY_CHARS).optional().describe('Caption'), replyTo, e2e })
+    .strict(),
+  z
+    .object({
+      type: z.literal('edit'),
+      cmid,
+      ref: MessageId.describe('Server id of the sender\'s own message being edited'),
+      body: z.string().min(1).max(MAX_BODY_CHARS).describe('The new text'),
+      e2e
+    })
+    .strict(),
+  z.object({ type: z.literal('delete'), cmid, ref: MessageId.describe('Server id of the sender\'s own message to delete for everyone') }).strict()
+])
 export type SendMessage = z.infer<typeof SendMessage>
+/** The message kinds, as stored and delivered. */
+export const MessageType = z.enum(['text', 'media', 'edit', 'delete', 'system'])
+export type MessageType = z.infer<typeof MessageType>
 
 /** s/read: "I have read this conversation up to seq". */
 export const ReadMarker = z
@@ -108,6 +151,15 @@ export const ReadMarker = z
   })
   .strict()
 export type ReadMarker = z.infer<typeof ReadMarker>
+
+/** s/delivered: "this device has every message of this conversation up to seq" (send it once caught up). */
+export const DeliveredMarker = z
+  .object({
+    conversation: ConversationRef,
+    seq: z.number().int().min(0).describe('Highest server sequence number this device has, with none missing below it')
+  })
+  .strict()
+export type DeliveredMarker = z.infer<typeof DeliveredMarker>
 
 /** s/typing/dm/{userId} or s/typing/g/{groupId} (QoS 0, never stored). */
 export const Typing = z
@@ -131,16 +183,31 @@ export type RpcRequest = z.infer<typeof RpcRequest>
 // Payloads: server → device
 // ---------------------------------------------------------------------------------------------
 
+/** A system notice: a change in a group, recorded in the conversation so every device shows it in place. */
+export const Notice = z
+  .object({
+    change: z.enum(['created', 'renamed', 'added', 'removed', 'left', 'promoted']),
+    by: Id.describe('Who made the change'),
+    users: z.array(Id).optional(),
+    name: z.string().optional()
+  })
+  .loose()
+export type Notice = z.infer<typeof Notice>
+
 /** u/{userId}/m: a stored message, as every recipient device (and the sender's other devices) see it. */
 export const MessageEnvelope = z
   .object({
     id: z.string().min(1).max(64).describe('Server message id'),
-    seq: z.number().int().min(1).describe('Per-conversation sequence number, gap-free'),
+    seq: z.number().int().min(1).describe('Per-conversation sequence number'),
     conversation: ConversationRef.loose(),
-    from: z.object({ user: Id, device: Id }).loose().describe('Stamped by the server from the session'),
+    from: z.object({ user: Id, device: Id }).loose().describe('Stamped by the server from the session (device "server" for system notices)'),
     cmid: Id,
-    type: z.enum(['text']),
-    body: z.string().max(MAX_BODY_CHARS),
+    type: MessageType,
+    body: z.string().max(MAX_BODY_CHARS).optional().describe('text, edit: the text; media: the caption'),
+    media: z.object({ id: z.string(), mime: z.string(), size: z.number() }).loose().optional(),
+    ref: z.string().optional().describe('edit, delete: the server id of the original message'),
+    notice: Notice.optional().describe('system: what changed'),
+    deleted: z.boolean().optional().describe('The sender deleted this message for everyone: its content is gone'),
     replyTo: z.string().optional(),
     e2e: z.boolean(),
     ts: z.number().int().describe('Server time, epoch milliseconds')
@@ -148,16 +215,38 @@ export const MessageEnvelope = z
   .loose()
 export type MessageEnvelope = z.infer<typeof MessageEnvelope>
 
-/** u/{userId}/r: a receipt for messages the user sent. */
-export const Receipt = z
-  .object({
-    kind: z.enum(['delivered', 'read']),
-    conversation: ConversationRef.loose(),
-    upToSeq: z.number().int().min(0).describe('Every message of this conversation up to this seq'),
-    by: Id.describe('The user who received or read'),
-    ts: z.number().int()
-  })
-  .loose()
+/** u/{userId}/r: receipts for messages the user sent. */
+export const Receipt = z.discriminatedUnion('kind', [
+  z
+    .object({
+      kind: z.enum(['delivered', 'read']),
+      conversation: ConversationRef.loose().describe('One-to-one: the conversation as the sender sees it'),
+      upToSeq: z.number().int().min(0).describe('Every message of this conversation up to this seq'),
+      by: Id.describe('The user who received or read'),
+      ts: z.number().int()
+    })
+    .loose(),
+  z
+    .object({
+      kind: z.literal('group'),
+      conversation: ConversationRef.loose(),
+      messages: z
+        .array(
+          z
+            .object({
+              seq: z.number().int().min(1),
+              id: z.string(),
+              delivered: z.number().int().min(0).describe('Members (other than the sender) who have it'),
+              read: z.number().int().min(0).describe('Members who read it (those sharing read receipts)'),
+              of: z.number().int().min(0).describe('Members other than the sender')
+            })
+            .loose()
+        )
+        .describe('Counts only grow: keep the highest seen'),
+      ts: z.number().int()
+    })
+    .loose()
+])
 export type Receipt = z.infer<typeof Receipt>
 
 /** u/{userId}/e: events. */
@@ -187,6 +276,8 @@ export const ErrorCode = z.enum([
   'payload_too_large',
   'rate_limited',
   'unknown_method',
+  'unknown_message',
+  'too_late',
   'invalid_params',
   'internal'
 ])
@@ -221,6 +312,7 @@ export type RpcResponse = z.infer<typeof RpcResponse>
 export const PAYLOAD_SCHEMAS = {
   SendMessage,
   ReadMarker,
+  DeliveredMarker,
   Typing,
   RpcRequest,
   MessageEnvelope,
@@ -228,5 +320,6 @@ export const PAYLOAD_SCHEMAS = {
   Event,
   ErrorMessage,
   RpcResponse,
-  ConversationRef
+  ConversationRef,
+  MediaRef
 } as const

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto'
 import { z } from 'zod'
 import { definePlugin } from '../../broker/plugin-api.js'
 import { Id } from '../../schemas/identity.js'
-import { DOWN, type Event } from '../../schemas/protocol.js'
+import { DOWN, type Notice } from '../../schemas/protocol.js'
 import { RpcError } from '../protocol/index.js'
 import { chooseStore, initInBackground } from '../shared/stores.js'
 import { MongoGroupStore, SqliteGroupStore, type Group, type GroupStore } from './store.js'
@@ -23,7 +23,12 @@ export interface GroupsApi {
   members(groupId: string): Promise<string[]>
   /** The groups a user belongs to. */
   groupsOf(userId: string): Promise<Array<{ id: string; name: string; role: 'admin' | 'member' }>>
+  /** Calls `listener` after each change, on the node that made it (messages records system notices). */
+  onChange(listener: (group: string, change: GroupChange) => Promise<void>): void
 }
+
+/** A change of a group, as its event and system notice tell it. */
+export type GroupChange = Notice
 
 declare module '../../broker/plugin-api.js' {
   interface PluginApis {
@@ -51,12 +56,16 @@ export default definePlugin({
     protocol.setMembershipSource(async (groupId, userId) => (await (await initialised()).role(groupId, userId)) !== undefined)
 
     /** Tells every member (and `alsoTo`) about a change, and forgets cached memberships everywhere. */
-    const announce = async (group: string, event: Omit<Extract<Event, { type: 'group' }>, 'type' | 'group'>, alsoTo: readonly string[] = []) => {
+    const listeners: Array<(group: string, change: GroupChange) => Promise<void>> = []
+    const announce = async (group: string, event: GroupChange, alsoTo: readonly string[] = []) => {
       const s = await initialised()
       await protocol.invalidateMembership(group)
       const payload = JSON.stringify({ type: 'group', group, ...event })
       const to = new Set([...(await s.members(group)), ...alsoTo])
       await Promise.all([...to].map((user) => ctx.publish({ topic: DOWN.events(user), payload, qos: 1 })))
+      for (const listener of listeners) {
+        await listener(group, event).catch((err: unknown) => ctx.log.error({ err, group }, 'group change listener failed'))
+      }
     }
 
     const load = async (groupId: string, userId: string): Promise<{ s: GroupStore; group: Group; admin: boolean }> => {
@@ -163,7 +172,10 @@ export default definePlugin({
 
     return {
       members: async (groupId) => (await initialised()).members(groupId),
-      groupsOf: async (userId) => (await initialised()).groupsOf(userId)
+      groupsOf: async (userId) => (await initialised()).groupsOf(userId),
+      onChange: (listener) => {
+        listeners.push(listener)
+      }
     }
   }
 })

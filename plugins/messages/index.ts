@@ -10,28 +10,48 @@
 //   4. the envelope goes to u/{recipient}/m and, as a carbon, to u/{sender}/m (the sender's
 //      devices; the sending device learns its id and seq from it); a group message goes to every
 //      member's u/{member}/m at QoS 0 (docs/groups.md explains why).
-// Sync: the RPC methods messages.sync (after a seq) and messages.history (before a seq).
-// Read state: s/read moves a reader's marker (read event to the reader's devices, read receipt to
-// the other user of a one-to-one chat); conversations.list gives last messages and unread counts.
+// Sync: messages.sync (one conversation after a seq), messages.history (before a seq) and
+// messages.pull (every conversation since the device's server-kept cursor, pull.ts).
+// Receipts (receipts.ts): delivered and read markers from s/delivered, s/read and PUBACKs of
+// one-to-one deliveries; receipts to senders; group counts; conversations.list with unread counts.
+// Kinds: text, media references, edits and deletes (new messages referencing the original; a
+// delete also removes the original's content from the store), and system notices of group changes.
+import { randomBytes } from 'node:crypto'
 import { z } from 'zod'
-import { definePlugin } from '../../broker/plugin-api.js'
-import { ConversationRef, DOWN, ReadMarker, SendMessage, parseUpTopic, type Event, type MessageEnvelope, type Receipt } from '../../schemas/protocol.js'
+import { definePlugin, type PublishRejection } from '../../broker/plugin-api.js'
+import { ConversationRef, DOWN, DeliveredMarker, ReadMarker, SendMessage, parseDownTopic, parseUpTopic, type MessageEnvelope } from '../../schemas/protocol.js'
 import { RpcError, type Device } from '../protocol/index.js'
 import { chooseStore, initInBackground } from '../shared/stores.js'
 import { BatchingAppender } from './batcher.js'
+import { PullParams, decodeCursor, mapLimited, presentPositions, pullPage } from './pull.js'
+import { Receipts } from './receipts.js'
 import { MongoStateStore, SqliteStateStore, type StateStore } from './state-store.js'
 import { MongoMessageStore } from './mongo-store.js'
 import { SqliteMessageStore } from './sqlite-store.js'
-import { dmKey, groupKey, type ConversationKey, type MessageStore, type StoredMessage } from './store.js'
+import { dmKey, groupKey, type ConversationKey, type MessageStore, type NewMessage, type StoredMessage } from './store.js'
 
 export const MessagesConfig = z
   .object({
     store: z.enum(['auto', 'embedded', 'mongo']).default('auto').describe('auto: MongoDB when mongo.url is set, else embedded'),
     batchWindowMs: z.number().int().min(0).max(1000).default(2).describe('How long an append waits for others to share its write'),
     maxBatch: z.number().int().positive().max(5000).default(256),
-    maxSyncPage: z.number().int().positive().max(1000).default(200)
+    maxSyncPage: z.number().int().positive().max(1000).default(200),
+    maxDeltaMessages: z
+      .number()
+      .int()
+      .positive()
+      .default(1000)
+      .describe('messages.pull answers reset for a conversation a device is further behind in than this'),
+    editWindowMs: z.number().int().min(0).default(15 * 60_000).describe('How long after sending a message its sender may edit it'),
+    deleteWindowMs: z.number().int().min(0).default(48 * 3_600_000).describe('How long after sending a message its sender may delete it for everyone'),
+    receiptBatchMs: z.number().int().min(10).max(60_000).default(1000).describe('How long group receipt changes are collected into one summary per sender'),
+    maxReceiptRange: z.number().int().positive().max(1000).default(100).describe('Messages one group receipt summary or request covers at most'),
+    systemNotices: z.boolean().default(true).describe('Record group changes as system messages in the group conversation')
   })
   .strict()
+
+/** How many one-to-one conversations of a user sync and the conversation list look at. */
+const MAX_CONVERSATIONS = 10_000
 
 /** The conversation as the reader sees it: a dm names the other user. */
 export function conversationFor(key: ConversationKey, reader: string): ConversationRef {
@@ -48,7 +68,11 @@ export function envelopeFor(m: StoredMessage, reader: string): MessageEnvelope {
     from: { user: m.sender.user, device: m.sender.device },
     cmid: m.cmid,
     type: m.type,
-    body: m.body,
+    ...(m.body !== '' ? { body: m.body } : {}),
+    ...(m.media ? { media: m.media } : {}),
+    ...(m.ref !== undefined ? { ref: m.ref } : {}),
+    ...(m.notice ? { notice: m.notice } : {}),
+    ...(m.deleted ? { deleted: true } : {}),
     ...(m.replyTo !== undefined ? { replyTo: m.replyTo } : {}),
     e2e: m.e2e,
     ts: m.ts
@@ -70,6 +94,15 @@ const HistoryParams = z
     limit: z.number().int().positive().optional()
   })
   .strict()
+
+const ReceiptsParams = z
+  .object({
+    conversation: ConversationRef,
+    fromSeq: z.number().int().min(1).describe('Counts for the requester\'s own messages from this seq on')
+  })
+  .strict()
+
+const PrivacyParams = z.object({ readReceipts: z.boolean() }).strict()
 
 export interface MessagesApi {
   /** Drains the write queue (tests, shutdown). */
@@ -123,74 +156,128 @@ export default definePlugin({
       }
     }
 
-    /** Moves a reader's marker; tells the reader's devices and, in a one-to-one chat, the other user. */
-    const markRead = async (device: Device, conversation: ConversationRef, wanted: number): Promise<void> => {
-      const key = await keyFor(device, conversation)
-      const [s, st] = [await initialised(), await state()]
-      const before = (await st.get(device.userId, key))?.readSeq ?? 0
-      const now = await st.markRead(device.userId, key, Math.min(wanted, await s.lastSeq(key)))
-      if (now <= before) return
-      const ts = Date.now()
-      const event: Event = { type: 'read', conversation, seq: now }
-      await ctx.publish({ topic: DOWN.events(device.userId), payload: JSON.stringify(event), qos: 1 })
-      if (conversation.kind === 'dm' && conversation.id !== device.userId) {
-        const receipt: Receipt = { kind: 'read', conversation: { kind: 'dm', id: device.userId }, upToSeq: now, by: device.userId, ts }
-        await ctx.publish({ topic: DOWN.receipts(conversation.id), payload: JSON.stringify(receipt), qos: 1 })
-      }
-    }
+    const receipts = new Receipts(ctx, initialised, state, groups, { batchMs: config.receiptBatchMs, maxRange: config.maxReceiptRange })
 
     /** Conversation state that trails a stored message: the list order, and "sending reads". */
     const recordActivity = (m: StoredMessage, users: readonly string[]): void => {
       void state()
         .then(async (st) => {
           await st.touch(users, m.conversation, m.ts)
-          await st.markRead(m.sender.user, m.conversation, m.seq)
+          await st.advance(m.sender.user, m.conversation, 'read', m.seq)
         })
         .catch((err: unknown) => ctx.log.error({ err, id: m.id }, 'conversation state not updated'))
+    }
+
+    const rejection = (reject: PublishRejection['reject'], message: string): PublishRejection => ({ reject, message })
+
+    /** An edit or delete must reference the sender's own, still editable message of the same conversation. */
+    const checkReference = async (key: ConversationKey, user: string, body: Extract<SendMessage, { ref: string }>): Promise<PublishRejection | undefined> => {
+      const original = await (await initialised()).get(key, body.ref)
+      if (!original || original.type === 'system' || original.type === 'edit' || original.type === 'delete') {
+        return rejection('unknown_message', `no message ${body.ref} to ${body.type} in this conversation`)
+      }
+      if (original.sender.user !== user) return rejection('forbidden', `only its sender may ${body.type} message ${body.ref}`)
+      if (original.deleted && body.type === 'edit') return rejection('unknown_message', `message ${body.ref} was deleted`)
+      const window = body.type === 'edit' ? config.editWindowMs : config.deleteWindowMs
+      if (!original.deleted && Date.now() - original.ts > window) {
+        return rejection('too_late', `messages can be ${body.type === 'edit' ? 'edited' : 'deleted'} for ${Math.round(window / 60_000)} minutes after sending`)
+      }
+      return undefined
+    }
+
+    /** Stores a message (no PUBACK until it is), then records activity and delivers it. */
+    const send = async (client: { id: string }, message: NewMessage, recipients: () => Promise<readonly string[]>, activityUsers: readonly string[]) => {
+      let result
+      try {
+        result = await appender.append(message)
+      } catch (err) {
+        failures.inc()
+        ctx.log.error({ err, clientId: client.id }, 'message not stored: no PUBACK, the client will retry')
+        throw err
+      }
+      const kind = message.conversation.startsWith('g:') ? 'group' : 'dm'
+      if (result.duplicate) duplicates.inc()
+      else {
+        stored.inc({ kind })
+        recordActivity(result.message, activityUsers)
+      }
+      // A delete removes the original's content (again on a retry: the first may have been cut short).
+      if (message.type === 'delete' && message.ref) await (await initialised()).redact(message.conversation, message.ref)
+      // At least once: a retry is delivered again (devices drop duplicate ids).
+      deliver(result.message, await recipients(), kind === 'dm' ? 1 : 0)
     }
 
     ctx.hook('authorizePublish', async (client, packet, { will }) => {
       if (will) return undefined
       const up = parseUpTopic(packet.topic)
-      if (up?.kind === 'read') {
+      if (up?.kind === 'read' || up?.kind === 'delivered') {
         const device = protocol.deviceOf(client)
         if (!device) return undefined
-        const marker = ReadMarker.parse(JSON.parse(packet.payload.toString()))
-        await markRead(device, marker.conversation, marker.seq) // PUBACK once the marker is stored
+        const marker = (up.kind === 'read' ? ReadMarker : DeliveredMarker).parse(JSON.parse(packet.payload.toString()))
+        // PUBACK once the marker is stored.
+        await receipts.move(device.userId, marker.conversation, await keyFor(device, marker.conversation), up.kind, marker.seq)
         return undefined
       }
       if (up?.kind !== 'dm' && up?.kind !== 'group') return undefined
       const device = protocol.deviceOf(client)
       if (!device) return undefined // protocol has refused it already
       const body = SendMessage.parse(JSON.parse(packet.payload.toString()))
-      let result
-      try {
-        result = await appender.append({
-          conversation: up.kind === 'dm' ? dmKey(device.userId, up.peer) : groupKey(up.groupId),
-          sender: { user: device.userId, device: device.deviceId },
-          cmid: body.cmid,
-          type: body.type,
-          body: body.body,
-          replyTo: body.replyTo,
-          e2e: body.e2e,
-          ts: Date.now()
-        })
-      } catch (err) {
-        failures.inc()
-        ctx.log.error({ err, clientId: client.id }, 'message not stored: no PUBACK, the client will retry')
-        throw err
+      const key = up.kind === 'dm' ? dmKey(device.userId, up.peer) : groupKey(up.groupId)
+      if (body.type === 'edit' || body.type === 'delete') {
+        const refused = await checkReference(key, device.userId, body)
+        if (refused) return refused
       }
-      if (result.duplicate) duplicates.inc()
-      else {
-        stored.inc({ kind: up.kind })
-        // Groups are listed from the groups plugin: only one-to-one rows carry activity times.
-        recordActivity(result.message, up.kind === 'dm' ? [device.userId, up.peer] : [])
+      const message: NewMessage = {
+        conversation: key,
+        sender: { user: device.userId, device: device.deviceId },
+        cmid: body.cmid,
+        type: body.type,
+        body: body.type === 'delete' ? '' : (body.body ?? ''),
+        media: body.type === 'media' ? body.media : undefined,
+        ref: body.type === 'edit' || body.type === 'delete' ? body.ref : undefined,
+        replyTo: body.type === 'text' || body.type === 'media' ? body.replyTo : undefined,
+        e2e: body.type === 'delete' ? false : body.e2e,
+        ts: Date.now()
       }
-      // At least once: a retry is delivered again (devices drop duplicate ids).
-      if (up.kind === 'dm') deliver(result.message, [up.peer, device.userId], 1)
-      else deliver(result.message, await groups.members(up.groupId), 0)
+      // Groups are listed from the groups plugin: only one-to-one rows carry activity times.
+      if (up.kind === 'dm') await send(client, message, async () => [up.peer, device.userId], [device.userId, up.peer])
+      else await send(client, message, () => groups.members(up.groupId), [])
       return undefined
     })
+
+    // A device's PUBACK of a one-to-one message it received: delivered. Aedes has the packet only
+    // for persistent sessions (NOTES.md, aedes #518); clean sessions send s/delivered.
+    ctx.hook('deliveryAck', async (client, packet) => {
+      if (packet?.cmd !== 'publish') return
+      const device = protocol.deviceOf(client)
+      const down = parseDownTopic(packet.topic)
+      if (!device || !down || down.userId !== device.userId || packet.topic !== DOWN.messages(device.userId)) return
+      let envelope: Pick<MessageEnvelope, 'seq' | 'conversation' | 'from'>
+      try {
+        envelope = JSON.parse(packet.payload.toString()) as MessageEnvelope
+      } catch {
+        return
+      }
+      if (envelope.conversation.kind !== 'dm' || envelope.from.user === device.userId) return // carbons are not receipts
+      const conversation: ConversationRef = { kind: 'dm', id: envelope.conversation.id }
+      await receipts.move(device.userId, conversation, dmKey(device.userId, conversation.id), 'delivered', envelope.seq)
+    })
+
+    if (config.systemNotices) {
+      groups.onChange(async (group, change) => {
+        const message: NewMessage = {
+          conversation: groupKey(group),
+          sender: { user: change.by, device: 'server' },
+          cmid: `sys-${randomBytes(12).toString('hex')}`,
+          type: 'system',
+          body: '',
+          notice: { ...change },
+          e2e: false,
+          ts: Date.now()
+        }
+        await send({ id: 'server' }, message, () => groups.members(group), [])
+      })
+    }
 
     const keyFor = async (device: Device, conversation: ConversationRef): Promise<ConversationKey> => {
       if (conversation.kind === 'dm') return dmKey(device.userId, conversation.id)
@@ -229,35 +316,91 @@ export default definePlugin({
       }
     })
 
+    /** Every conversation of a user: one-to-one rows of the state store, and the user's groups. */
+    const conversationsOf = async (user: string): Promise<ConversationKey[]> => {
+      const keys = new Set((await (await state()).list(user, MAX_CONVERSATIONS)).map((c) => c.conversation).filter((k) => k.startsWith('dm:')))
+      for (const g of await groups.groupsOf(user)) keys.add(groupKey(g.id))
+      return [...keys]
+    }
+
     protocol.registerMethod('conversations.list', {
       params: z.object({ limit: z.number().int().positive().max(500).optional() }).strict(),
       handler: async (device, p) => {
         const [s, st] = [await initialised(), await state()]
         const limit = p.limit ?? 100
-        const keys = new Set((await st.list(device.userId, limit)).map((c) => c.conversation).filter((k) => k.startsWith('dm:')))
-        for (const g of await groups.groupsOf(device.userId)) keys.add(groupKey(g.id))
-        const rows = await Promise.all(
-          [...keys].map(async (key) => {
-            const [last] = await s.before(key, Number.MAX_SAFE_INTEGER, 1)
-            const readSeq = (await st.get(device.userId, key))?.readSeq ?? 0
-            const lastSeq = last?.seq ?? 0
-            return {
-              conversation: conversationFor(key, device.userId),
-              lastSeq,
-              readSeq,
-              unread: Math.max(0, lastSeq - readSeq),
-              ...(last ? { last: envelopeFor(last, device.userId) } : {})
-            }
-          })
-        )
+        // Every conversation counts toward the total; the `limit` most recent are listed.
+        const rows = await mapLimited(await conversationsOf(device.userId), 32, async (key) => {
+          const [last] = await s.before(key, Number.MAX_SAFE_INTEGER, 1)
+          const marks = await st.get(device.userId, key)
+          const lastSeq = last?.seq ?? 0
+          const readSeq = marks?.readSeq ?? 0
+          return {
+            conversation: conversationFor(key, device.userId),
+            lastSeq,
+            readSeq,
+            deliveredSeq: marks?.deliveredSeq ?? 0,
+            unread: Math.max(0, lastSeq - readSeq),
+            ...(last ? { last: envelopeFor(last, device.userId) } : {})
+          }
+        })
         // A conversation without messages (say, a read marker sent to an empty chat) is not listed.
-        const conversations = rows.filter((r) => r.lastSeq > 0).sort((a, b) => (b.last?.ts ?? 0) - (a.last?.ts ?? 0)).slice(0, limit)
-        return { conversations, totalUnread: conversations.reduce((n, c) => n + c.unread, 0) }
+        const listed = rows.filter((r) => r.lastSeq > 0).sort((a, b) => (b.last?.ts ?? 0) - (a.last?.ts ?? 0))
+        return { conversations: listed.slice(0, limit), totalUnread: listed.reduce((n, c) => n + c.unread, 0) }
+      }
+    })
+
+    protocol.registerMethod('messages.pull', {
+      params: PullParams,
+      handler: async (device, p) => {
+        const [s, st] = [await initialised(), await state()]
+        const conversations = await conversationsOf(device.userId)
+        if (p.ack !== undefined) {
+          const positions = decodeCursor(p.ack)
+          if (!positions) throw new RpcError('invalid_params', 'ack is not a cursor this server gave out')
+          // Only the user's own conversations, and never past their end (that would hide messages).
+          const own = new Set(conversations)
+          const committed = new Map<ConversationKey, number>()
+          for (const [key, seq] of positions) if (own.has(key)) committed.set(key, Math.min(seq, await s.lastSeq(key)))
+          await st.advanceCursors(device.userId, device.deviceId, committed)
+        }
+        const deps = {
+          store: s,
+          state: st,
+          conversations,
+          toRef: (key: ConversationKey) => conversationFor(key, device.userId),
+          toEnvelope: (m: StoredMessage) => envelopeFor(m, device.userId),
+          maxDeltaMessages: config.maxDeltaMessages
+        }
+        const cursors = await st.cursors(device.userId, device.deviceId)
+        if (!cursors) {
+          await st.advanceCursors(device.userId, device.deviceId, await presentPositions(deps))
+          return { fresh: true, changes: [], cursor: '', hasMore: false }
+        }
+        return pullPage(deps, cursors, Math.min(p.limit ?? config.maxSyncPage, config.maxSyncPage))
+      }
+    })
+
+    protocol.registerMethod('messages.receipts', {
+      params: ReceiptsParams,
+      handler: async (device, p) => receipts.counts(device.userId, p.conversation, await keyFor(device, p.conversation), p.fromSeq)
+    })
+
+    protocol.registerMethod('privacy.get', {
+      params: z.object({}).strict(),
+      handler: async (device) => (await (await state()).privacy([device.userId])).get(device.userId)
+    })
+
+    protocol.registerMethod('privacy.set', {
+      params: PrivacyParams,
+      handler: async (device, p) => {
+        await (await state()).setPrivacy(device.userId, p)
+        return p
       }
     })
 
     ctx.hook('shutdown', async () => {
       await appender.drain()
+      await receipts.drain()
       await store.close()
       await stateStore.close()
     })

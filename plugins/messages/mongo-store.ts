@@ -13,7 +13,17 @@ interface Doc extends Omit<StoredMessage, 'id'> {
   _id: string
 }
 
-const toMessage = ({ _id, ...rest }: Doc): StoredMessage => ({ id: _id, ...rest })
+/** The stored form; absent optional fields are left out (the driver would write undefined as null). */
+const toMessage = ({ _id, ...rest }: Doc): StoredMessage => {
+  const m: StoredMessage = { id: _id, ...rest }
+  for (const k of ['replyTo', 'media', 'ref', 'notice', 'deleted'] as const) if (m[k] === undefined || m[k] === null) delete m[k]
+  return m
+}
+const toDoc = (m: NewMessage, id: string, seq: number): Doc => {
+  const doc: Doc = { _id: id, ...m, seq }
+  for (const k of ['replyTo', 'media', 'ref', 'notice'] as const) if (doc[k] === undefined) delete doc[k]
+  return doc
+}
 
 /** How often one message may lose its seq to other nodes before the append gives up. */
 const MAX_ATTEMPTS = 20
@@ -73,7 +83,7 @@ export class MongoMessageStore implements MessageStore {
         const m = batch[i]!
         const seq = (next.get(m.conversation) ?? (await this.currentLastSeq(m.conversation))) + 1
         next.set(m.conversation, seq)
-        docs.push({ _id: newMessageId(m.ts), ...m, seq })
+        docs.push(toDoc(m, newMessageId(m.ts), seq))
       }
       const failed = new Set<number>()
       try {
@@ -134,6 +144,15 @@ export class MongoMessageStore implements MessageStore {
   async lastSeq(conversation: ConversationKey): Promise<number> {
     const [doc] = await this.col.find({ conversation }).sort({ seq: -1 }).limit(1).project<{ seq: number }>({ seq: 1 }).toArray()
     return doc?.seq ?? 0
+  }
+
+  async get(conversation: ConversationKey, id: string): Promise<StoredMessage | undefined> {
+    const doc = await this.col.findOne({ _id: id, conversation })
+    return doc ? toMessage(doc) : undefined
+  }
+
+  async redact(conversation: ConversationKey, id: string): Promise<void> {
+    await this.col.updateOne({ _id: id, conversation }, { $set: { body: '', deleted: true }, $unset: { media: '' } })
   }
 
   async close(): Promise<void> {

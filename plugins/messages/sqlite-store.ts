@@ -1,6 +1,8 @@
 // The embedded message store: SQLite (better-sqlite3) in the node's data directory. One node owns
 // the file, so a transaction makes sequence allocation and the idempotency check atomic, and a
 // whole batch is one transaction (one fsync) however many messages it holds.
+import type Database from 'better-sqlite3'
+import type { MessageType } from '../../schemas/protocol.js'
 import { SqliteBacked } from '../shared/stores.js'
 import { newMessageId, type AppendResult, type ConversationKey, type MessageStore, type NewMessage, type StoredMessage } from './store.js'
 
@@ -11,15 +13,21 @@ interface Row {
   sender_user: string
   sender_device: string
   cmid: string
-  type: 'text'
+  type: MessageType
   body: string
   reply_to: string | null
   e2e: number
   ts: number
+  /** JSON of what only some kinds have: media, ref, notice, deleted. */
+  extra: string | null
 }
 
+type Extra = Pick<StoredMessage, 'media' | 'ref' | 'notice' | 'deleted'>
+
 function toMessage(r: Row): StoredMessage {
+  const extra = r.extra ? (JSON.parse(r.extra) as Extra) : {}
   return {
+    ...extra,
     id: r.id,
     conversation: r.conversation,
     seq: r.seq,
@@ -45,15 +53,29 @@ const SCHEMA = `
         body TEXT NOT NULL,
         reply_to TEXT,
         e2e INTEGER NOT NULL,
-        ts INTEGER NOT NULL
+        ts INTEGER NOT NULL,
+        extra TEXT
       );
       CREATE UNIQUE INDEX IF NOT EXISTS messages_conversation_seq ON messages (conversation, seq);
       CREATE UNIQUE INDEX IF NOT EXISTS messages_sender_cmid ON messages (sender_user, cmid);
     `
 
+function extraOf(m: Extra): string | null {
+  const extra: Extra = {}
+  if (m.media) extra.media = m.media
+  if (m.ref !== undefined) extra.ref = m.ref
+  if (m.notice) extra.notice = m.notice
+  if (m.deleted) extra.deleted = true
+  return Object.keys(extra).length ? JSON.stringify(extra) : null
+}
+
 export class SqliteMessageStore extends SqliteBacked implements MessageStore {
   constructor(file: string) {
     super(file, SCHEMA)
+  }
+
+  protected override migrate(db: Database.Database): void {
+    SqliteBacked.addColumnIfMissing(db, 'messages', 'extra', 'TEXT')
   }
 
   async append(batch: readonly NewMessage[]): Promise<AppendResult[]> {
@@ -61,8 +83,8 @@ export class SqliteMessageStore extends SqliteBacked implements MessageStore {
     const existing = db.prepare<[string, string], Row>('SELECT * FROM messages WHERE sender_user = ? AND cmid = ?')
     const last = db.prepare<[string], { seq: number | null }>('SELECT MAX(seq) AS seq FROM messages WHERE conversation = ?')
     const insert = db.prepare(
-      `INSERT INTO messages (id, conversation, seq, sender_user, sender_device, cmid, type, body, reply_to, e2e, ts)
-       VALUES (@id, @conversation, @seq, @sender_user, @sender_device, @cmid, @type, @body, @reply_to, @e2e, @ts)`
+      `INSERT INTO messages (id, conversation, seq, sender_user, sender_device, cmid, type, body, reply_to, e2e, ts, extra)
+       VALUES (@id, @conversation, @seq, @sender_user, @sender_device, @cmid, @type, @body, @reply_to, @e2e, @ts, @extra)`
     )
     const run = db.transaction((messages: readonly NewMessage[]): AppendResult[] => {
       const lastSeq = new Map<string, number>()
@@ -83,7 +105,8 @@ export class SqliteMessageStore extends SqliteBacked implements MessageStore {
           body: m.body,
           reply_to: m.replyTo ?? null,
           e2e: m.e2e ? 1 : 0,
-          ts: m.ts
+          ts: m.ts,
+          extra: extraOf(m)
         })
         return { message: stored, duplicate: false }
       })
@@ -108,6 +131,18 @@ export class SqliteMessageStore extends SqliteBacked implements MessageStore {
 
   async lastSeq(conversation: ConversationKey): Promise<number> {
     return this.conn.prepare<[string], { seq: number | null }>('SELECT MAX(seq) AS seq FROM messages WHERE conversation = ?').get(conversation)?.seq ?? 0
+  }
+
+  async get(conversation: ConversationKey, id: string): Promise<StoredMessage | undefined> {
+    const row = this.conn.prepare<[string, string], Row>('SELECT * FROM messages WHERE id = ? AND conversation = ?').get(id, conversation)
+    return row ? toMessage(row) : undefined
+  }
+
+  async redact(conversation: ConversationKey, id: string): Promise<void> {
+    const found = await this.get(conversation, id)
+    if (!found) return
+    const { media: _media, ...kept } = found
+    this.conn.prepare("UPDATE messages SET body = '', extra = ? WHERE id = ?").run(extraOf({ ...kept, deleted: true }), id)
   }
 
 }

@@ -2,6 +2,7 @@
 // a MongoDB one, held to the same contract (test/contract.ts). The store assigns each message its
 // per-conversation sequence number and makes a retried send idempotent by (sender, cmid).
 import { randomBytes } from 'node:crypto'
+import type { MediaRef, MessageType, Notice } from '../../schemas/protocol.js'
 
 /** A conversation as stored: `dm:<userA>:<userB>` (the two users sorted) or `g:<groupId>`. */
 export type ConversationKey = string
@@ -18,8 +19,14 @@ export interface NewMessage {
   conversation: ConversationKey
   sender: { user: string; device: string }
   cmid: string
-  type: 'text'
+  type: MessageType
+  /** text and edit: the text; media: the caption; else empty. */
   body: string
+  media?: MediaRef | undefined
+  /** edit and delete: the server id of the original. */
+  ref?: string | undefined
+  /** system: what changed. */
+  notice?: Notice | undefined
   replyTo?: string | undefined
   e2e: boolean
   /** Server time, epoch ms. */
@@ -31,6 +38,8 @@ export interface StoredMessage extends NewMessage {
   id: string
   /** Per-conversation sequence number, from 1, without gaps. */
   seq: number
+  /** Deleted for everyone: body and media are gone. */
+  deleted?: boolean
 }
 
 export interface AppendResult {
@@ -54,6 +63,10 @@ export interface MessageStore {
   before(conversation: ConversationKey, beforeSeq: number, limit: number): Promise<StoredMessage[]>
   /** The highest seq of a conversation (0 when empty). */
   lastSeq(conversation: ConversationKey): Promise<number>
+  /** One message of a conversation by server id. */
+  get(conversation: ConversationKey, id: string): Promise<StoredMessage | undefined>
+  /** Deletes a message's content for everyone (body and media), keeping its place and ids. Idempotent. */
+  redact(conversation: ConversationKey, id: string): Promise<void>
   close(): Promise<void>
 }
 

@@ -13,6 +13,7 @@ import {
   DOWN,
   ErrorCode,
   ReadMarker,
+  DeliveredMarker,
   RpcRequest,
   SendMessage,
   Typing,
@@ -194,8 +195,9 @@ export default definePlugin({
           const body = parsePayload(SendMessage, packet.payload)
           return body.ok ? undefined : body.rejection
         }
-        case 'read': {
-          const marker = parsePayload(ReadMarker, packet.payload)
+        case 'read':
+        case 'delivered': {
+          const marker = parsePayload(up.kind === 'read' ? ReadMarker : DeliveredMarker, packet.payload)
           if (!marker.ok) return marker.rejection
           const c = marker.value.conversation
           if (c.kind === 'group' && !(await membership.check(c.id, device.userId))) {

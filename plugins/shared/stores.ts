@@ -46,7 +46,17 @@ export abstract class SqliteBacked {
   async init(): Promise<void> {
     const db = openSqlite(this.file)
     db.exec(this.schema)
+    this.migrate(db)
     this.handle = db
+  }
+
+  /** Brings a file written by an older version up to the schema (CREATE IF NOT EXISTS adds no columns). */
+  protected migrate(_db: Database.Database): void {}
+
+  /** Adds a column that files from older versions lack. */
+  protected static addColumnIfMissing(db: Database.Database, table: string, column: string, definition: string): void {
+    const columns = db.prepare<[], { name: string }>(`SELECT name FROM pragma_table_info('${table}')`).all()
+    if (!columns.some((c) => c.name === column)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${definition}`)
   }
 
   async close(): Promise<void> {

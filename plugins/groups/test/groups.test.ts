@@ -62,6 +62,8 @@ for (const [name, open] of contract) {
 interface Dev {
   client: MqttClient
   messages: MessageEnvelope[]
+  /** System notices (group changes recorded in the conversation by the messages plugin). */
+  notices: MessageEnvelope[]
   events: Array<{ type: string; change?: string; users?: string[] }>
   rpc(method: string, params?: object): Promise<{ ok: boolean; result?: unknown; error?: { code: string; message: string } }>
 }
@@ -70,11 +72,12 @@ let rpcIds = 0
 async function device(url: string, user: string, dev = 'phone', clean = true): Promise<Dev> {
   const client = await connectClient(url, { clientId: `${user}:${dev}`, clean })
   const messages: MessageEnvelope[] = []
+  const notices: MessageEnvelope[] = []
   const events: Dev['events'] = []
   const waiting = new Map<string, (r: Awaited<ReturnType<Dev['rpc']>>) => void>()
   client.on('message', (topic, payload) => {
     const body = JSON.parse(payload.toString()) as { id: string }
-    if (topic === `u/${user}/m`) messages.push(body as unknown as MessageEnvelope)
+    if (topic === `u/${user}/m`) ((body as unknown as MessageEnvelope).type === 'system' ? notices : messages).push(body as unknown as MessageEnvelope)
     else if (topic === `u/${user}/e`) events.push(body as unknown as Dev['events'][number])
     else if (topic === `u/${user}/d/${dev}/res`) waiting.get(body.id)?.(body as unknown as Awaited<ReturnType<Dev['rpc']>>)
   })
@@ -82,6 +85,7 @@ async function device(url: string, user: string, dev = 'phone', clean = true): P
   return {
     client,
     messages,
+    notices,
     events,
     rpc: (method, params = {}) =>
       new Promise((resolve) => {
@@ -110,10 +114,13 @@ describe('groups over MQTT', () => {
       await eventually(() => d.events.some((e) => e.change === 'created'), 5000, 'created event')
     }
     assert.equal(dave!.events.length, 0)
+    // The creation is also recorded in the conversation, as its first message.
+    for (const d of [alice!, bob!, carol!]) await eventually(() => d.notices.length === 1, 5000, 'created notice')
+    assert.deepEqual([alice!.notices[0]!.seq, alice!.notices[0]!.notice?.change, alice!.notices[0]!.notice?.by], [1, 'created', 'alice'])
 
     await send(bob!, group, 'b1', 'hello team')
     for (const d of [alice!, bob!, carol!]) await eventually(() => d.messages.length === 1, 5000, 'group message')
-    assert.deepEqual([alice!.messages[0]!.seq, alice!.messages[0]!.conversation, alice!.messages[0]!.from.user], [1, { kind: 'group', id: group }, 'bob'])
+    assert.deepEqual([alice!.messages[0]!.seq, alice!.messages[0]!.conversation, alice!.messages[0]!.from.user], [2, { kind: 'group', id: group }, 'bob'])
 
     assert.equal((await bob!.rpc('groups.add', { group, users: ['dave'] })).error?.code, 'forbidden', 'members cannot add')
     assert.equal((await dave!.rpc('groups.get', { group })).error?.code, 'not_a_member')
@@ -149,7 +156,7 @@ describe('groups over MQTT', () => {
     const group = (created.result as { id: string }).id
     for (let i = 0; i < 10; i++) await send(devices[i % 5]!, group, `c${i}`, `msg ${i}`)
     for (const d of devices) await eventually(() => d.messages.length === 10, 10_000, 'all ten')
-    for (const d of devices) assert.deepEqual(d.messages.map((m) => m.seq), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    for (const d of devices) assert.deepEqual(d.messages.map((m) => m.seq), [2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 'after the created notice')
     await Promise.all(devices.map((d) => d.client.endAsync()))
   })
 
@@ -168,8 +175,8 @@ describe('groups over MQTT', () => {
 
     const back = await device(t.mqttUrl, users[31]!, 'phone', false)
     const sync = await back.rpc('messages.sync', { conversation: { kind: 'group', id: group }, afterSeq: 0 })
-    assert.deepEqual((sync.result as { messages: MessageEnvelope[] }).messages.map((m) => m.seq), [1, 2, 3, 4, 5], 'the store has them')
-    assert.equal(back.messages.length, 0, 'the session store held no copy of the group messages')
+    assert.deepEqual((sync.result as { messages: MessageEnvelope[] }).messages.map((m) => [m.seq, m.type]), [[1, 'system'], [2, 'text'], [3, 'text'], [4, 'text'], [5, 'text'], [6, 'text']], 'the store has them')
+    assert.equal(back.messages.length + back.notices.length, 0, 'the session store held no copy of the group messages')
     assert.equal((await owner.rpc('groups.add', { group, users: Array.from({ length: 30 }, (_, i) => `extra${i}`) })).error?.code, 'invalid_params', 'the size limit holds')
     await Promise.all([owner, back, ...online].map((d) => d.client.endAsync()))
   })

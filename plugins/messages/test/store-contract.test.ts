@@ -98,6 +98,28 @@ for (const make of [sqlite, mongo]) {
       assert.equal(await store.lastSeq(dmKey('nobody', 'else')), 0)
     })
 
+    it('keeps media references, edits, deletes and notices, finds a message by id and deletes content for everyone', async () => {
+      const store = await backend.open()
+      const conv = groupKey(`kinds-${randomBytes(3).toString('hex')}`)
+      const media = { id: 'm-1.jpg', mime: 'image/jpeg', size: 2048, width: 640, height: 480 }
+      const [photo, notice] = await store.append([
+        msg(conv, 'gus', { type: 'media', media, body: 'a caption' }),
+        msg(conv, 'gus', { type: 'system', body: '', notice: { change: 'added', by: 'gus', users: ['hal'] } })
+      ])
+      const [edit] = await store.append([msg(conv, 'gus', { type: 'edit', ref: photo!.message.id, body: 'a better caption' })])
+      assert.deepEqual(await store.get(conv, photo!.message.id), photo!.message)
+      assert.deepEqual((await store.get(conv, notice!.message.id))?.notice, { change: 'added', by: 'gus', users: ['hal'] })
+      assert.equal((await store.get(conv, edit!.message.id))?.ref, photo!.message.id)
+      assert.equal(await store.get(groupKey('elsewhere'), photo!.message.id), undefined, 'only within its conversation')
+      assert.equal(await store.get(conv, 'nope'), undefined)
+
+      await store.redact(conv, photo!.message.id)
+      await store.redact(conv, photo!.message.id) // idempotent
+      const gone = await store.get(conv, photo!.message.id)
+      assert.deepEqual([gone?.deleted, gone?.body, gone?.media, gone?.seq, gone?.type], [true, '', undefined, 1, 'media'], 'content gone, place kept')
+      assert.deepEqual((await store.after(conv, 0, 10)).map((m) => m.deleted ?? false), [true, false, false])
+    })
+
     it('stores a retried send once and answers it with the same id and seq', async () => {
       const store = await backend.open()
       const conv = dmKey('carol', `dave${randomBytes(2).toString('hex')}`)

@@ -1,0 +1,142 @@
+// Delivered and read state, and the receipts it produces.
+//  - A marker says "user U has (delivered) or has read (read) conversation C up to seq N". It moves
+//    on s/read, on s/delivered, on a device's PUBACK of a one-to-one message (persistent sessions:
+//    Aedes has the packet only then), and on sending (sending reads).
+//  - One-to-one: a marker that moves sends a receipt to the other user's devices (u/{peer}/r). Read
+//    receipts go only when both users share them (the reciprocity WhatsApp users know); otherwise
+//    the reader's peer gets a delivered receipt instead.
+//  - Groups: per-member receipts would flood the senders of a large group. Moves are collected for
+//    `receiptBatchMs`, then each sender gets one "delivered to k of n, read by m" summary for its
+//    messages in the moved range; messages.receipts answers the same counts on request.
+import type { PluginContext } from '../../broker/plugin-api.js'
+import { DOWN, type ConversationRef, type Event, type Receipt } from '../../schemas/protocol.js'
+import type { GroupsApi } from '../groups/index.js'
+import type { Marker, StateStore } from './state-store.js'
+import type { ConversationKey, MessageStore, StoredMessage } from './store.js'
+
+export type ReceiptCount = Extract<Receipt, { kind: 'group' }>['messages'][number]
+
+export class Receipts {
+  /** Per group, the seq range whose counts changed since the last summary. */
+  private readonly pending = new Map<string, { from: number; to: number }>()
+  private timer: NodeJS.Timeout | undefined
+  private flushing: Promise<void> | undefined
+
+  constructor(
+    private readonly ctx: PluginContext<unknown>,
+    private readonly store: () => Promise<MessageStore>,
+    private readonly state: () => Promise<StateStore>,
+    private readonly groups: GroupsApi,
+    private readonly settings: { batchMs: number; maxRange: number }
+  ) {}
+
+  /**
+   * Moves `user`'s marker in a conversation (clamped to its last message) and tells whoever must
+   * know. Resolves once the marker is stored; the caller's PUBACK then means "recorded".
+   */
+  async move(user: string, conversation: ConversationRef, key: ConversationKey, marker: Marker, wanted: number): Promise<void> {
+    const [s, st] = [await this.store(), await this.state()]
+    const { before, after } = await st.advance(user, key, marker, Math.min(wanted, await s.lastSeq(key)))
+    if (after <= before) return
+    const ts = Date.now()
+    if (marker === 'read') {
+      const event: Event = { type: 'read', conversation, seq: after }
+      await this.ctx.publish({ topic: DOWN.events(user), payload: JSON.stringify(event), qos: 1 })
+    }
+    if (conversation.kind === 'group') {
+      this.schedule(conversation.id, before + 1, after)
+      return
+    }
+    const peer = conversation.id
+    if (peer === user) return // notes to self
+    let kind = marker
+    if (kind === 'read') {
+      const privacy = await st.privacy([user, peer])
+      if (!privacy.get(user)!.readReceipts || !privacy.get(peer)!.readReceipts) kind = 'delivered'
+    }
+    const receipt: Receipt = { kind, conversation: { kind: 'dm', id: user }, upToSeq: after, by: user, ts }
+    await this.ctx.publish({ topic: DOWN.receipts(peer), payload: JSON.stringify(receipt), qos: 1 })
+  }
+
+  /** Counts for messages of `requester` from `fromSeq` on (at most maxRange seqs are looked at). */
+  async counts(requester: string, conversation: ConversationRef, key: ConversationKey, fromSeq: number): Promise<{ messages: ReceiptCount[]; nextSeq?: number }> {
+    const s = await this.store()
+    const window = await s.after(key, fromSeq - 1, this.settings.maxRange + 1)
+    const mine = window.slice(0, this.settings.maxRange).filter((m) => m.sender.user === requester)
+    const counted = await this.count(conversation, key, mine, requester)
+    const next = window[this.settings.maxRange]
+    return { messages: counted, ...(next ? { nextSeq: next.seq } : {}) }
+  }
+
+  /** delivered/read/of for each message, from the current members' markers. */
+  private async count(conversation: ConversationRef, key: ConversationKey, messages: readonly StoredMessage[], requester?: string): Promise<ReceiptCount[]> {
+    if (!messages.length) return []
+    const st = await this.state()
+    const members = conversation.kind === 'group' ? await this.groups.members(conversation.id) : [...new Set([requester!, conversation.id])]
+    const markers = new Map((await st.markers(key)).map((m) => [m.user, m]))
+    const privacy = await st.privacy(members)
+    // One-to-one read counts are reciprocal (see move()); in groups each member's own choice counts.
+    const requesterShares = conversation.kind === 'dm' ? privacy.get(requester!)!.readReceipts : true
+    return messages
+      .filter((m) => m.type !== 'system')
+      .map((m) => {
+        const others = members.filter((u) => u !== m.sender.user)
+        return {
+          seq: m.seq,
+          id: m.id,
+          delivered: others.filter((u) => (markers.get(u)?.deliveredSeq ?? 0) >= m.seq).length,
+          read: requesterShares ? others.filter((u) => privacy.get(u)!.readReceipts && (markers.get(u)?.readSeq ?? 0) >= m.seq).length : 0,
+          of: others.length
+        }
+      })
+  }
+
+  private schedule(group: string, from: number, to: number): void {
+    const p = this.pending.get(group)
+    this.pending.set(group, { from: Math.min(from, p?.from ?? from), to: Math.max(to, p?.to ?? to) })
+    this.timer ??= setTimeout(() => {
+      this.timer = undefined
+      this.flushing = this.flush().finally(() => (this.flushing = undefined))
+    }, this.settings.batchMs)
+  }
+
+  /** One summary per sender and group for the seqs that moved. */
+  private async flush(): Promise<void> {
+    const batch = [...this.pending]
+    this.pending.clear()
+    for (const [group, range] of batch) {
+      try {
+        const conversation: ConversationRef = { kind: 'group', id: group }
+        const key = `g:${group}`
+        // A huge jump (a member back after weeks) summarises the newest messages of the range.
+        const from = Math.max(range.from, range.to - this.settings.maxRange + 1)
+        const messages = await (await this.store()).after(key, from - 1, range.to - from + 1)
+        const bySender = new Map<string, ReceiptCount[]>()
+        const counts = await this.count(conversation, key, messages)
+        counts.forEach((c, i) => {
+          const sender = messages.filter((m) => m.type !== 'system')[i]!.sender.user
+          bySender.set(sender, [...(bySender.get(sender) ?? []), c])
+        })
+        const ts = Date.now()
+        await Promise.all(
+          [...bySender].map(([sender, rows]) => {
+            const receipt: Receipt = { kind: 'group', conversation, messages: rows, ts }
+            return this.ctx.publish({ topic: DOWN.receipts(sender), payload: JSON.stringify(receipt), qos: 1 })
+          })
+        )
+      } catch (err) {
+        this.ctx.log.error({ err, group }, 'group receipt summary not sent')
+      }
+    }
+  }
+
+  /** Sends what is pending now (shutdown). */
+  async drain(): Promise<void> {
+    if (this.timer) {
+      clearTimeout(this.timer)
+      this.timer = undefined
+      await this.flush()
+    }
+    await this.flushing
+  }
+}

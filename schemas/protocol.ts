@@ -102,7 +102,7 @@ export const MessageId = z.string().regex(/^[0-9a-z]{9}[0-9a-f]{16}$/, { error: 
 export const MediaRef = z
   .object({
     id: z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, { error: 'expected a media id' }).describe('Media object id'),
-    mime: z.string().regex(/^[a-z0-9][a-z0-9.+-]*\/[a-z0-9][a-z0-9.+-]*$/i, { error: 'expected a MIME type such as image/jpeg' }).max(127),
+    mime: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9.+-]*\/[A-Za-z0-9][A-Za-z0-9.+-]*$/, { error: 'expected a MIME type such as image/jpeg' }).max(127),
     size: z.number().int().min(0).describe('Bytes'),
     name: z.string().min(1).max(255).optional().describe('File name to show'),
     width: z.number().int().positive().max(100_000).optional(),

@@ -23,7 +23,7 @@ import { ConversationRef, DOWN, DeliveredMarker, ReadMarker, SendMessage, parseD
 import { RpcError, type Device } from '../protocol/index.js'
 import { chooseStore, initInBackground } from '../shared/stores.js'
 import { BatchingAppender } from './batcher.js'
-import { PullParams, decodeCursor, mapLimited, presentPositions, pullPage } from './pull.js'
+import { PullParams, decodeCursor, encodeCursor, mapLimited, presentPositions, pullPage } from './pull.js'
 import { Receipts } from './receipts.js'
 import { MongoStateStore, SqliteStateStore, type StateStore } from './state-store.js'
 import { MongoMessageStore } from './mongo-store.js'
@@ -163,7 +163,8 @@ export default definePlugin({
       void state()
         .then(async (st) => {
           await st.touch(users, m.conversation, m.ts)
-          await st.advance(m.sender.user, m.conversation, 'read', m.seq)
+          // A system notice is not its author reading the conversation.
+          if (m.type !== 'system') await st.advance(m.sender.user, m.conversation, 'read', m.seq)
         })
         .catch((err: unknown) => ctx.log.error({ err, id: m.id }, 'conversation state not updated'))
     }
@@ -223,7 +224,8 @@ export default definePlugin({
       if (!device) return undefined // protocol has refused it already
       const body = SendMessage.parse(JSON.parse(packet.payload.toString()))
       const key = up.kind === 'dm' ? dmKey(device.userId, up.peer) : groupKey(up.groupId)
-      if (body.type === 'edit' || body.type === 'delete') {
+      // A retry of a stored edit or delete is answered like any retry, even after the window closed.
+      if ((body.type === 'edit' || body.type === 'delete') && !(await (await initialised()).findSent(device.userId, body.cmid))) {
         const refused = await checkReference(key, device.userId, body)
         if (refused) return refused
       }
@@ -374,7 +376,7 @@ export default definePlugin({
         const cursors = await st.cursors(device.userId, device.deviceId)
         if (!cursors) {
           await st.advanceCursors(device.userId, device.deviceId, await presentPositions(deps))
-          return { fresh: true, changes: [], cursor: '', hasMore: false }
+          return { fresh: true, changes: [], cursor: encodeCursor(new Map()), hasMore: false }
         }
         return pullPage(deps, cursors, Math.min(p.limit ?? config.maxSyncPage, config.maxSyncPage))
       }

@@ -151,8 +151,14 @@ export class MongoMessageStore implements MessageStore {
     return doc ? toMessage(doc) : undefined
   }
 
+  async findSent(user: string, cmid: string): Promise<StoredMessage | undefined> {
+    const doc = await this.col.findOne({ 'sender.user': user, cmid })
+    return doc ? toMessage(doc) : undefined
+  }
+
   async redact(conversation: ConversationKey, id: string): Promise<void> {
     await this.col.updateOne({ _id: id, conversation }, { $set: { body: '', deleted: true }, $unset: { media: '' } })
+    await this.col.updateMany({ conversation, type: 'edit', ref: id }, { $set: { body: '', deleted: true } })
   }
 
   async close(): Promise<void> {

@@ -138,11 +138,24 @@ export class SqliteMessageStore extends SqliteBacked implements MessageStore {
     return row ? toMessage(row) : undefined
   }
 
+  async findSent(user: string, cmid: string): Promise<StoredMessage | undefined> {
+    const row = this.conn.prepare<[string, string], Row>('SELECT * FROM messages WHERE sender_user = ? AND cmid = ?').get(user, cmid)
+    return row ? toMessage(row) : undefined
+  }
+
   async redact(conversation: ConversationKey, id: string): Promise<void> {
+    const edits = this.conn
+      .prepare<[string, string], Row>("SELECT * FROM messages WHERE conversation = ? AND type = 'edit' AND json_extract(extra, '$.ref') = ?")
+      .all(conversation, id)
+      .map(toMessage)
     const found = await this.get(conversation, id)
-    if (!found) return
-    const { media: _media, ...kept } = found
-    this.conn.prepare("UPDATE messages SET body = '', extra = ? WHERE id = ?").run(extraOf({ ...kept, deleted: true }), id)
+    const update = this.conn.prepare("UPDATE messages SET body = '', extra = ? WHERE id = ?")
+    this.conn.transaction(() => {
+      for (const m of [...(found ? [found] : []), ...edits]) {
+        const { media: _media, ...kept } = m
+        update.run(extraOf({ ...kept, deleted: true }), m.id)
+      }
+    })()
   }
 
 }

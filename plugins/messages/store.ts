@@ -65,7 +65,12 @@ export interface MessageStore {
   lastSeq(conversation: ConversationKey): Promise<number>
   /** One message of a conversation by server id. */
   get(conversation: ConversationKey, id: string): Promise<StoredMessage | undefined>
-  /** Deletes a message's content for everyone (body and media), keeping its place and ids. Idempotent. */
+  /** A sender's stored message by its client message id (what a retry of that send would get). */
+  findSent(user: string, cmid: string): Promise<StoredMessage | undefined>
+  /**
+   * Deletes a message's content for everyone (body and media), and the text of its edits, keeping
+   * their places and ids. Idempotent.
+   */
   redact(conversation: ConversationKey, id: string): Promise<void>
   close(): Promise<void>
 }

@@ -10,7 +10,7 @@ import { testDevice, type TestDevice } from '../../../test/helpers/device.js'
 import { startNode, type TestNode } from '../../../test/helpers/node.js'
 import { mongoUrl } from '../../../test/helpers/services.js'
 
-const messagesConfig = { receiptBatchMs: 200, maxDeltaMessages: 30, editWindowMs: 60_000 }
+const messagesConfig = { receiptBatchMs: 200, maxDeltaMessages: 30, editWindowMs: 3000 }
 const backends: Array<[string, () => ConfigInput]> = [
   ['embedded store', () => ({})],
   ['MongoDB (FerretDB)', () => ({ mongo: { url: mongoUrl(), database: `parley_chat_${randomBytes(3).toString('hex')}` } })]
@@ -160,6 +160,15 @@ for (const [name, backend] of backends) {
       assert.deepEqual(e.errors.map((x) => [x.code, x.ref.cmid]), [['unknown_message', 'e6'], ['invalid_payload', 'e7']])
       assert.equal(f.messages.length, 5, 'nothing refused was stored or delivered')
 
+      // Once the edit window (3 s here) has passed, a new edit is too late; a retry of the stored one is not.
+      await new Promise((r) => setTimeout(r, Math.max(0, typo.ts + 3000 + 100 - Date.now())))
+      await e.send({ dm: fox }, { cmid: 'e4', type: 'edit', ref: typo.id, body: 'typo' })
+      await e.send({ dm: fox }, { cmid: 'e8', type: 'edit', ref: typo.id, body: 'later thoughts' })
+      await eventually(() => e.errors.length === 3, 5000, 'the late edit refused')
+      assert.deepEqual([e.errors[2]!.code, e.errors[2]!.ref.cmid], ['too_late', 'e8'])
+      await eventually(() => f.messages.length === 6, 5000, 'the retry delivered again (at least once)')
+      assert.deepEqual([f.messages[5]!.cmid, f.messages[5]!.seq], ['e4', 4], 'the retry is the stored edit')
+
       const { id: group } = await e.call<{ id: string }>('groups.create', { name: 'Pair', members: [fox] })
       await e.call('groups.rename', { group, name: 'Pair of two' })
       await eventually(() => f.notices.length === 2, 5000, 'notices of the creation and the rename')
@@ -174,7 +183,8 @@ for (const [name, backend] of backends) {
       const [gil, hal, ida, jon] = [u('gil'), u('hal'), u('ida'), u('jon')]
       const reader = await testDevice(t.mqttUrl, gil, 'laptop')
       const first = await reader.call<PullAnswer>('messages.pull')
-      assert.deepEqual(first, { fresh: true, changes: [], cursor: '', hasMore: false }, 'a new device starts at the present')
+      assert.deepEqual([first.fresh, first.changes, first.hasMore], [true, [], false], 'a new device starts at the present')
+      assert.deepEqual((await reader.call<PullAnswer>('messages.pull', { ack: first.cursor })).changes, [], 'its cursor can be acked like any other')
       const [h, i, j] = (await Promise.all([hal, ida, jon].map((x) => testDevice(t.mqttUrl, x)))) as [TestDevice, TestDevice, TestDevice]
       const { id: group } = await h.call<{ id: string }>('groups.create', { name: 'Trio', members: [gil, ida] })
       await reader.end()

@@ -117,7 +117,13 @@ for (const make of [sqlite, mongo]) {
       await store.redact(conv, photo!.message.id) // idempotent
       const gone = await store.get(conv, photo!.message.id)
       assert.deepEqual([gone?.deleted, gone?.body, gone?.media, gone?.seq, gone?.type], [true, '', undefined, 1, 'media'], 'content gone, place kept')
-      assert.deepEqual((await store.after(conv, 0, 10)).map((m) => m.deleted ?? false), [true, false, false])
+      assert.deepEqual((await store.after(conv, 0, 10)).map((m) => [m.type, m.deleted ?? false, m.body]), [
+        ['media', true, ''],
+        ['system', false, ''],
+        ['edit', true, '']
+      ], 'the edits of a deleted message lose their text too')
+      assert.deepEqual((await store.findSent('gus', edit!.message.cmid))?.id, edit!.message.id)
+      assert.equal(await store.findSent('gus', 'never-sent'), undefined)
     })
 
     it('stores a retried send once and answers it with the same id and seq', async () => {

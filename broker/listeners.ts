@@ -9,6 +9,7 @@ import { createServer as createTlsServer, type TlsOptions } from 'node:tls'
 import { WebSocketServer, createWebSocketStream } from 'ws'
 import type { Config } from '../schemas/config.js'
 import { tlsListenerEnabled } from '../schemas/config.js'
+import { connackFirst } from './connack-first.js'
 import type { Logger } from './logger.js'
 
 export type ListenerName = 'tcp' | 'tls' | 'ws'
@@ -131,7 +132,9 @@ async function startWs(config: Config, handle: Handle, log: Logger): Promise<Mqt
 }
 
 /** Starts every enabled MQTT listener; if one fails to bind, those already started are closed. */
-export async function startMqttListeners(config: Config, handle: Handle, log: Logger): Promise<MqttListener[]> {
+export async function startMqttListeners(config: Config, aedesHandle: Handle, log: Logger): Promise<MqttListener[]> {
+  // Every transport: Aedes may write a PUBLISH before the CONNACK (broker/connack-first.ts).
+  const handle: Handle = (stream, req) => aedesHandle(connackFirst(stream), req)
   const started: MqttListener[] = []
   const wanted: Array<[ListenerName, () => Promise<MqttListener>]> = []
   if (config.listeners.tcp.enabled) wanted.push(['tcp', () => startTcp(config, handle)])

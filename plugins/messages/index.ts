@@ -163,8 +163,10 @@ export default definePlugin({
       void state()
         .then(async (st) => {
           await st.touch(users, m.conversation, m.ts)
-          // A system notice is not its author reading the conversation.
-          if (m.type !== 'system') await st.advance(m.sender.user, m.conversation, 'read', m.seq)
+          // A system notice is not its author reading the conversation; it is only not unread for them
+          // when they had read everything before it.
+          const caughtUp = m.type !== 'system' || ((await st.get(m.sender.user, m.conversation))?.readSeq ?? 0) >= m.seq - 1
+          if (caughtUp) await st.advance(m.sender.user, m.conversation, 'read', m.seq)
         })
         .catch((err: unknown) => ctx.log.error({ err, id: m.id }, 'conversation state not updated'))
     }

@@ -15,9 +15,11 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { Config } from '../schemas/config.js'
 import { builtinPlugins } from '../plugins/index.js'
 import { openBackends, newRedis, type BackendSet } from './backends.js'
+import { ClusterView, type NodeRecord } from './cluster-view.js'
 import { redactConfig } from './config.js'
 import { startMqttListeners, type MqttListener } from './listeners.js'
 import type { Logger } from './logger.js'
+import { limitOfflineQueues, memoryQueueLengths, redisQueueLengths, type QueueLengths, type QueueablePersistence } from './offline-queue.js'
 import { createOpsServer } from './ops-http.js'
 import type { DeliveryRoute, HookName, ParleyPlugin, PluginContext, PluginMetrics, PublishOptions } from './plugin-api.js'
 import { PluginHost, importPlugins, orderPlugins } from './plugin-host.js'
@@ -32,7 +34,7 @@ const CLUSTER_PREFIX = '$parley/cluster/'
 
 type Packet = Parameters<Aedes['publish']>[0]
 
-interface Persistence {
+interface Persistence extends QueueablePersistence {
   // Only the promise form: with Aedes 1.x the callback form waits for a 'ready' event that never comes.
   destroy(): Promise<void>
 }
@@ -106,6 +108,9 @@ export class BrokerNode {
   /** Cluster channel handlers registered by plugins before Aedes (and its emitter) exists. */
   private readonly clusterHandlers: Array<{ topic: string; handler: (data: unknown, from: string) => void; plugin: string }> = []
   private opsAddress: ListenerAddress | undefined
+  private clusterView: ClusterView | undefined
+  private queueLengths: QueueLengths | undefined
+  private readonly startedAt = Date.now()
 
   constructor(private readonly opts: BrokerNodeOptions) {
     this.config = opts.config
@@ -150,6 +155,20 @@ export class BrokerNode {
       readiness: { accepting: () => this.accepting, checks: () => this.readinessChecks() }
     })
 
+    this.clusterView = new ClusterView({
+      // The shared connection of the backends: the view is written on heartbeats, not per message.
+      redis: this.backends.backends.redis,
+      keyPrefix: config.redis.keyPrefix,
+      intervalMs: config.mqtt.heartbeatIntervalMs,
+      log,
+      self: () => this.nodeRecord()
+    })
+    const view = this.clusterView
+    this.ops.get('/cluster', async () => {
+      const nodes = await view.nodes()
+      return { self: this.brokerId, nodes, clients: nodes.reduce((n, x) => n + x.clients, 0) }
+    })
+
     await host.registerAll(loaded, (plugin, pluginConfig) => this.contextFor(plugin, pluginConfig))
 
     if (config.listeners.ops.enabled) {
@@ -169,6 +188,7 @@ export class BrokerNode {
 
     this.listeners = await startMqttListeners(config, this.aedes.handle, log)
     this.accepting = true
+    this.clusterView.start()
     log.info({ plugins: host.order, cluster: Boolean(config.redis.url) }, 'ready')
   }
 
@@ -187,11 +207,22 @@ export class BrokerNode {
       // The connections themselves log outages (newRedis) and reconnect.
       redisMq.state.on('error', (err: Error) => this.log.debug({ err: err.message }, 'cluster emitter error'))
       mq = redisMq
-      this.persistence = redisPersistence({ conn: store })
+      this.persistence = redisPersistence({ conn: store }) as unknown as Persistence
+      this.queueLengths = redisQueueLengths(store)
     } else {
       mq = mqemitter({ concurrency: m.concurrency, matchEmptyLevels: true })
       this.persistence = aedesMemoryPersistence()
+      this.queueLengths = memoryQueueLengths()
     }
+    const notQueued = new Counter({
+      name: 'parley_offline_queue_dropped_total',
+      help: 'Messages not queued for a persistent session because its queue held mqtt.maxQueuedMessages',
+      registers: [this.registry]
+    })
+    limitOfflineQueues(this.persistence, m.maxQueuedMessages, this.queueLengths, (ids) => {
+      notQueued.inc(ids.length)
+      this.log.debug({ clients: ids.length }, 'offline queue full: message not queued')
+    })
     return {
       id: this.brokerId,
       mq,
@@ -242,13 +273,17 @@ export class BrokerNode {
   private wireEvents(aedes: Aedes, host: PluginHost, metrics: ReturnType<BrokerNode['coreMetrics']>): void {
     const log = this.log
     aedes.on('client', () => metrics.connections.inc())
-    aedes.on('clientReady', (client) => void host.notify('clientReady', client))
+    aedes.on('clientReady', (client) => {
+      if (client.clean) this.queueLengths?.cleared(client.id)
+      void host.notify('clientReady', client)
+    })
     aedes.on('clientDisconnect', (client) => {
       // The principal outlives the connection (it is weakly held): Aedes checks the will again
       // while closing, after this event.
       void host.notify('clientDisconnect', client)
     })
     aedes.on('ack', (packet, client) => {
+      if (packet && !client.clean) this.queueLengths?.acked(client.id)
       if (host.hasHandlers('deliveryAck')) void host.notify('deliveryAck', client, packet)
     })
     aedes.on('subscribe', (subs, client) => {
@@ -469,6 +504,44 @@ export class BrokerNode {
     return checks
   }
 
+  private nodeRecord(): NodeRecord {
+    return {
+      brokerId: this.brokerId,
+      nodeName: this.config.nodeName ?? hostname(),
+      host: hostname(),
+      pid: process.pid,
+      startedAt: this.startedAt,
+      lastHeartbeat: Date.now(),
+      clients: this.connectedClients,
+      accepting: this.accepting,
+      listeners: this.addresses()
+    }
+  }
+
+  /**
+   * Rolling restarts: disconnects this node's clients at shutdown.drainRatePerSecond, so they
+   * reconnect through the load balancer to the other nodes in a spread-out stream rather than a
+   * storm; returns when none is left or the drain time is over (the rest are closed with Aedes).
+   * MQTT 3.1.1 has no "move to another server" packet: closing the connection is the request.
+   */
+  private async drain(aedes: Aedes): Promise<void> {
+    const { drainMs, drainRatePerSecond, timeoutMs } = this.config.shutdown
+    const deadline = Date.now() + Math.min(drainMs, timeoutMs / 2)
+    const internals = aedes as unknown as AedesInternals
+    const tickMs = 100
+    const perTick = Math.max(1, Math.round((drainRatePerSecond * tickMs) / 1000))
+    let moved = 0
+    while (Date.now() < deadline) {
+      const open = Object.values(internals.clients).filter((c): c is Client => Boolean(c && !c.closed))
+      if (!open.length) break
+      for (const client of open.slice(0, perTick)) client.close()
+      moved += Math.min(perTick, open.length)
+      if (open.length <= perTick) break
+      await new Promise((r) => setTimeout(r, tickMs))
+    }
+    if (moved) this.log.info({ moved, left: aedes.connectedClients }, 'drained')
+  }
+
   /** Graceful stop. Idempotent: a second call returns the first call's promise. */
   stop(): Promise<void> {
     this.stopping ??= this.doStop()
@@ -480,7 +553,10 @@ export class BrokerNode {
     this.accepting = false
     log.info('stopping: no new connections')
     for (const l of this.listeners) l.stopAccepting()
+    await this.clusterView?.report().catch(() => undefined) // operators see "not accepting" at once
     const aedes = this.aedes
+    if (aedes) await this.drain(aedes)
+    await this.clusterView?.leave().catch((err: unknown) => log.debug({ err }, 'cluster record not removed'))
     if (aedes) {
       log.info({ clients: aedes.connectedClients }, 'closing clients')
       await new Promise<void>((resolve) => aedes.close(() => resolve()))

@@ -119,6 +119,9 @@ export const ConfigSchema = z
         maxRejectionsPerSecond: int(1, 10_000)
           .default(10)
           .describe('Rejected publishes a client may cause per second; beyond it the client is disconnected instead of answered'),
+        maxQueuedMessages: int(0, 10_000_000)
+          .default(1000)
+          .describe('QoS 1 messages queued per persistent session at most (0: no limit); newer ones are not queued (devices sync)'),
         hookTimeoutMs: int(10, 120_000)
           .default(5000)
           .describe('Longest a plugin may take to answer a connect or authorize hook before it is denied'),
@@ -167,7 +170,13 @@ export const ConfigSchema = z
       .prefault({}),
     shutdown: z
       .object({
-        timeoutMs: int(100, 300_000).default(10_000).describe('Longest graceful stop before the process exits anyway')
+        timeoutMs: int(100, 600_000).default(30_000).describe('Longest graceful stop before the process exits anyway'),
+        drainMs: int(0, 600_000)
+          .default(20_000)
+          .describe('Rolling restarts: how long a stopping node spends moving its clients away before it closes the rest at once (at most half of timeoutMs)'),
+        drainRatePerSecond: int(1, 1_000_000)
+          .default(1000)
+          .describe('Clients a draining node disconnects per second (they reconnect to the other nodes, spread out)')
       })
       .strict()
       .prefault({}),

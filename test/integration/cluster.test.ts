@@ -6,6 +6,8 @@ import mqtt from 'mqtt'
 import { definePlugin } from '../../broker/plugin-api.js'
 import { BARE, eventually, startBroker, type BrokerProcess } from '../helpers/broker-process.js'
 import { connectClient, nextMessage, startNode, type TestNode } from '../helpers/node.js'
+import type { Receipt } from '../../schemas/protocol.js'
+import { testDevice } from '../helpers/device.js'
 import { mongoUrl, redisDb } from '../helpers/services.js'
 
 const uid = () => randomBytes(4).toString('hex')
@@ -187,5 +189,29 @@ describe('messages across two nodes (Redis cluster, MongoDB store)', () => {
     await bobPhone.publishAsync(`s/dm/${alice}`, JSON.stringify({ cmid: 'y1', body: 'got it' }), { qos: 1 })
     assert.equal((JSON.parse((await reply).payload) as { seq: number }).seq, 2)
     await Promise.all([onA.endAsync(), aliceTablet.endAsync(), bobPhone.endAsync()])
+  })
+
+  it('carries receipts, read markers, group messages and answers to the right device across nodes', async () => {
+    const [cy, di, ed] = [`cy${uid()}`, `di${uid()}`, `ed${uid()}`]
+    const cyPhone = await testDevice(a.mqttUrl, cy, 'phone')
+    const cyLaptop = await testDevice(b.mqttUrl, cy, 'laptop')
+    const diPhone = await testDevice(b.mqttUrl, di, 'phone', { clean: false })
+    const edPhone = await testDevice(a.mqttUrl, ed, 'phone')
+    await cyPhone.send({ dm: di }, { cmid: 'c1', body: 'hi from node A' })
+    // Delivered from di's PUBACK on node B, read marker on node B: both reach cy's devices on A and B.
+    await eventually(() => cyPhone.receipts.some((r) => r.kind === 'delivered' && r.upToSeq === 1), 10_000, 'delivered receipt on A')
+    await diPhone.publish('s/read', { conversation: { kind: 'dm', id: cy }, seq: 1 })
+    for (const d of [cyPhone, cyLaptop]) await eventually(() => d.receipts.some((r: Receipt) => r.kind === 'read'), 10_000, 'read receipt on both nodes')
+    const { id: group } = await cyLaptop.call<{ id: string }>('groups.create', { name: 'Across', members: [di, ed] })
+    await edPhone.send({ g: group }, { cmid: 'e1', body: 'group from A' })
+    for (const d of [cyPhone, cyLaptop, diPhone]) await eventually(() => d.messages.some((m) => m.body === 'group from A'), 10_000, 'group message on every node')
+    // Requests from two devices of one user on two nodes: each answer reaches only its asker.
+    const [onA, onB] = await Promise.all([
+      cyPhone.call<{ conversations: unknown[] }>('conversations.list'),
+      cyLaptop.call<{ fresh?: boolean }>('messages.pull')
+    ])
+    assert.equal(onA.conversations.length, 2)
+    assert.equal(onB.fresh, true)
+    await Promise.all([cyPhone, cyLaptop, diPhone, edPhone].map((d) => d.end()))
   })
 })

@@ -14,5 +14,6 @@ export const builtinPlugins: Readonly<Record<string, Loader>> = {
   protocol: load(() => import('./protocol/index.js')),
   groups: load(() => import('./groups/index.js')),
   messages: load(() => import('./messages/index.js')),
+  presence: load(() => import('./presence/index.js')),
   'example-topic-guard': load(() => import('./example-topic-guard/index.js'))
 }

@@ -25,7 +25,7 @@ const host = z.string().min(1, { error: 'expected a host name or IP address' })
 const filePath = z.string().min(1, { error: 'expected a file path' })
 
 /** The plugins a node runs when the configuration names none: device tokens, limits, the topic tree, groups, messages. */
-export const DEFAULT_PLUGINS = ['auth-jwt', 'limits', 'protocol', 'groups', 'messages'] as const
+export const DEFAULT_PLUGINS = ['auth-jwt', 'limits', 'protocol', 'groups', 'messages', 'presence'] as const
 
 /** Marks a field whose value must never be printed or logged. */
 export const secret = <T extends z.ZodType>(schema: T, description: string) =>

@@ -251,8 +251,24 @@ export type Receipt = z.infer<typeof Receipt>
 
 /** u/{userId}/e: events. */
 export const Event = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('presence'), user: Id, online: z.boolean(), lastSeen: z.number().int().optional() }).loose(),
-  z.object({ type: z.literal('typing'), conversation: ConversationRef.loose(), user: Id, state: z.enum(['typing', 'paused']) }).loose(),
+  z
+    .object({
+      type: z.literal('presence'),
+      user: Id,
+      online: z.boolean().optional().describe('Absent when the user does not show their online status to the reader'),
+      lastSeen: z.number().int().optional().describe('Offline, and shown to the reader: when the last device left, epoch ms'),
+      version: z.number().int().min(0).describe('Grows with every change of this user: keep the event with the highest')
+    })
+    .loose(),
+  z
+    .object({
+      type: z.literal('typing'),
+      conversation: ConversationRef.loose(),
+      user: Id,
+      state: z.enum(['typing', 'paused']),
+      expiresInMs: z.number().int().positive().describe('Show "typing" at most this long unless a newer event renews it')
+    })
+    .loose(),
   z.object({ type: z.literal('read'), conversation: ConversationRef.loose(), seq: z.number().int().min(0) }).loose(),
   z
     .object({

@@ -107,6 +107,10 @@ const PrivacyParams = z.object({ readReceipts: z.boolean() }).strict()
 export interface MessagesApi {
   /** Drains the write queue (tests, shutdown). */
   drain(): Promise<void>
+  /** The users a user has one-to-one conversations with (presence shows itself to them). */
+  peersOf(user: string): Promise<string[]>
+  /** Calls `listener` with the two users once the first message of their conversation is recorded (on the node that stored it). */
+  onNewConversation(listener: (users: readonly string[]) => Promise<void>): void
 }
 
 export default definePlugin({
@@ -158,11 +162,14 @@ export default definePlugin({
 
     const receipts = new Receipts(ctx, initialised, state, groups, { batchMs: config.receiptBatchMs, maxRange: config.maxReceiptRange })
 
+    const newConversation: Array<(users: readonly string[]) => Promise<void>> = []
+
     /** Conversation state that trails a stored message: the list order, and "sending reads". */
     const recordActivity = (m: StoredMessage, users: readonly string[]): void => {
       void state()
         .then(async (st) => {
           await st.touch(users, m.conversation, m.ts)
+          if (m.seq === 1 && users.length) for (const listener of newConversation) await listener(users)
           // A system notice is not its author reading the conversation; it is only not unread for them
           // when they had read everything before it.
           const caughtUp = m.type !== 'system' || ((await st.get(m.sender.user, m.conversation))?.readSeq ?? 0) >= m.seq - 1
@@ -409,7 +416,17 @@ export default definePlugin({
       await stateStore.close()
     })
 
-    return { drain: () => appender.drain() }
+    return {
+      drain: () => appender.drain(),
+      peersOf: async (user) =>
+        (await conversationsOf(user))
+          .filter((k) => k.startsWith('dm:'))
+          .map((k) => conversationFor(k, user).id)
+          .filter((peer) => peer !== user),
+      onNewConversation: (listener) => {
+        newConversation.push(listener)
+      }
+    }
   }
 })
 

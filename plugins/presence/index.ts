@@ -216,12 +216,18 @@ export default definePlugin({
       let recipients: string[]
       let conversation: ConversationRef
       if (up.conversation.kind === 'dm') {
-        recipients = up.conversation.id === device.userId ? [] : [up.conversation.id]
+        // Only to someone the typist shares a conversation with (or has as a contact): no pokes from strangers.
+        const known = up.conversation.id !== device.userId && (await audienceOf(device.userId)).all.has(up.conversation.id)
+        recipients = known ? [up.conversation.id] : []
         conversation = { kind: 'dm', id: device.userId }
       } else {
         const members = await groups.members(up.conversation.id)
         recipients = members.length <= config.maxGroupSize ? members.filter((m) => m !== device.userId) : []
         conversation = up.conversation
+      }
+      if (!recipients.length) {
+        typingRelayed.inc({ outcome: 'no_recipient' })
+        return undefined
       }
       const event: Event = { type: 'typing', conversation, user: device.userId, state: typing, expiresInMs: config.typing.expiresInMs }
       const payload = JSON.stringify(event)

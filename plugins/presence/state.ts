@@ -134,13 +134,16 @@ export class RedisPresenceState implements PresenceState {
 
   async sweep(now: number): Promise<Transition[]> {
     await this.reapDeadNodes(now)
-    const due = await this.redis.zrangebyscore(this.k('due'), '-inf', now, 'LIMIT', 0, 1000)
+    const due = await this.redis.zrangebyscore(this.k('due'), '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
     const transitions: Transition[] = []
-    for (const user of due) {
+    for (let i = 0; i < due.length; i += 2) {
+      const user = due[i]!
       if ((await this.redis.zrem(this.k('due'), user)) !== 1) continue // another node took it
+      // Last seen is when the last device left, not when the grace period ended.
+      const left = Math.min(now, Number(due[i + 1]) - this.timing.graceMs)
       const [dev, state] = this.keys(user)
-      const version = Number(await this.redis.eval(CHECK_OFFLINE, 2, dev, state, now))
-      if (version) transitions.push({ user, online: false, at: now, version })
+      const version = Number(await this.redis.eval(CHECK_OFFLINE, 2, dev, state, left))
+      if (version) transitions.push({ user, online: false, at: left, version })
     }
     return transitions
   }
@@ -155,6 +158,7 @@ export class RedisPresenceState implements PresenceState {
       const held = await this.redis.smembers(this.k(`node:${node}`))
       for (const entry of held) {
         const [user, device] = entry.split('\0') as [string, string]
+        // Due at once. Last seen comes out as now - graceMs: the node died at least offlineAfterMs ago.
         await this.redis.eval(REMOVE_DEAD_DEVICE, 2, this.k(`dev:${user}`), this.k('due'), user, device, `${node}|`, now)
       }
       await this.redis.multi().del(this.k(`node:${node}`)).srem(this.k('nodes'), node).exec()
@@ -232,9 +236,10 @@ export class MemoryPresenceState implements PresenceState {
       this.due.delete(user)
       const s = this.state.get(user)
       if (this.devices.get(user)?.size || !s?.online) continue
+      const left = Math.min(now, at - this.timing.graceMs)
       const version = s.version + 1
-      this.state.set(user, { online: false, lastSeen: now, version })
-      transitions.push({ user, online: false, at: now, version })
+      this.state.set(user, { online: false, lastSeen: left, version })
+      transitions.push({ user, online: false, at: left, version })
     }
     return transitions
   }

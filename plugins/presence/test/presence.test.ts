@@ -114,12 +114,15 @@ describe('presence across two nodes', () => {
   it('relays typing to the other members, throttled, with an expiry', async () => {
     const [fay, gus, hal] = [u('fay'), u('gus'), u('hal')]
     const [fayPhone, gusPhone, halPhone] = [await device(a, fay), await device(b, gus), await device(b, hal)]
+    await halPhone.publish(`s/typing/dm/${gus}`, { state: 'typing' }) // hal and gus share nothing yet: not relayed
+    await fayPhone.send({ dm: gus }, { cmid: 'f1', body: 'hi gus' })
+    await eventually(() => gusPhone.messages.length === 1, 5000, 'the message')
     await fayPhone.publish(`s/typing/dm/${gus}`, { state: 'typing' })
     await fayPhone.publish(`s/typing/dm/${gus}`, { state: 'typing' }) // within minIntervalMs: dropped
     await fayPhone.publish(`s/typing/dm/${gus}`, { state: 'paused' }) // a change always passes
     const typing = () => gusPhone.events.filter((e): e is TypingEvent => e.type === 'typing')
     await eventually(() => typing().length === 2, 5000, 'typing, then paused')
-    assert.deepEqual(typing().map((e) => [e.conversation, e.user, e.state, e.expiresInMs]), [
+    assert.deepEqual(typing().map((e) => [e.conversation, e.user, e.state, e.expiresInMs]), [ // nothing from hal
       [{ kind: 'dm', id: fay }, fay, 'typing', 6000],
       [{ kind: 'dm', id: fay }, fay, 'paused', 6000]
     ])

@@ -40,10 +40,10 @@ for (const [name, make] of states) {
       assert.deepEqual(await s.sweep(5000), [], 'a device is left')
       await s.disconnect('ann', 'laptop', b, 300)
       assert.deepEqual(await s.sweep(1299), [], 'within the grace period')
-      assert.deepEqual(await s.sweep(1300), [{ user: 'ann', online: false, at: 1300, version: 2 }])
+      assert.deepEqual(await s.sweep(1300), [{ user: 'ann', online: false, at: 300, version: 2 }], 'last seen: when the last device left')
       assert.deepEqual(await s.sweep(9000), [], 'once')
       assert.deepEqual(await s.get(['ann', 'nobody']), [
-        { user: 'ann', online: false, lastSeen: 1300, version: 2 },
+        { user: 'ann', online: false, lastSeen: 300, version: 2 },
         { user: 'nobody', online: false, version: 0 }
       ])
     })

@@ -111,7 +111,18 @@ export interface MessagesApi {
   peersOf(user: string): Promise<string[]>
   /** Calls `listener` with the two users once the first message of their conversation is recorded (on the node that stored it). */
   onNewConversation(listener: (users: readonly string[]) => Promise<void>): void
+  /**
+   * Adds a check every new send must pass before it is stored (media: the object exists and matches).
+   * A rejection refuses the send (PUBACK + error to the device); a throw fails it (no PUBACK).
+   */
+  addSendCheck(check: (message: NewMessage, sender: Device) => Promise<PublishRejection | undefined>): void
+  /** Calls `listener` once per newly stored message with its recipients other than the sender (push), on the storing node. */
+  onStored(listener: (message: StoredMessage, recipients: readonly string[]) => Promise<void>): void
+  /** Calls `listener` with a message as it was before its sender deleted it for everyone (media: remove the object). */
+  onDeleted(listener: (original: StoredMessage) => Promise<void>): void
 }
+
+export type { NewMessage, StoredMessage } from './store.js'
 
 export default definePlugin({
   name: 'messages',
@@ -195,6 +206,14 @@ export default definePlugin({
       return undefined
     }
 
+    const sendChecks: Array<(message: NewMessage, sender: Device) => Promise<PublishRejection | undefined>> = []
+    const storedListeners: Array<(message: StoredMessage, recipients: readonly string[]) => Promise<void>> = []
+    const deletedListeners: Array<(original: StoredMessage) => Promise<void>> = []
+    /** Runs listeners after the fact: their failures are logged, never the sender's problem. */
+    const tell = <A extends unknown[]>(listeners: Array<(...args: A) => Promise<void>>, ...args: A) => {
+      for (const l of listeners) void l(...args).catch((err: unknown) => ctx.log.error({ err }, 'message listener failed'))
+    }
+
     /** Stores a message (no PUBACK until it is), then records activity and delivers it. */
     const send = async (client: { id: string }, message: NewMessage, recipients: () => Promise<readonly string[]>, activityUsers: readonly string[]) => {
       let result
@@ -212,9 +231,16 @@ export default definePlugin({
         recordActivity(result.message, activityUsers)
       }
       // A delete removes the original's content (again on a retry: the first may have been cut short).
-      if (message.type === 'delete' && message.ref) await (await initialised()).redact(message.conversation, message.ref)
+      if (message.type === 'delete' && message.ref) {
+        const s = await initialised()
+        const original = await s.get(message.conversation, message.ref)
+        await s.redact(message.conversation, message.ref)
+        if (original && !original.deleted) tell(deletedListeners, original)
+      }
+      const to = await recipients()
       // At least once: a retry is delivered again (devices drop duplicate ids).
-      deliver(result.message, await recipients(), kind === 'dm' ? 1 : 0)
+      deliver(result.message, to, kind === 'dm' ? 1 : 0)
+      if (!result.duplicate) tell(storedListeners, result.message, to.filter((u) => u !== message.sender.user))
     }
 
     ctx.hook('authorizePublish', async (client, packet, { will }) => {
@@ -233,8 +259,11 @@ export default definePlugin({
       if (!device) return undefined // protocol has refused it already
       const body = SendMessage.parse(JSON.parse(packet.payload.toString()))
       const key = up.kind === 'dm' ? dmKey(device.userId, up.peer) : groupKey(up.groupId)
-      // A retry of a stored edit or delete is answered like any retry, even after the window closed.
-      if ((body.type === 'edit' || body.type === 'delete') && !(await (await initialised()).findSent(device.userId, body.cmid))) {
+      const referencing = body.type === 'edit' || body.type === 'delete'
+      // A retry of a stored send is answered like any retry, even once a check would refuse it (an
+      // edit window closed). The lookup costs a query, so it is made only when there is something to check.
+      const retried = (referencing || sendChecks.length > 0) && Boolean(await (await initialised()).findSent(device.userId, body.cmid))
+      if (referencing && !retried) {
         const refused = await checkReference(key, device.userId, body)
         if (refused) return refused
       }
@@ -249,6 +278,12 @@ export default definePlugin({
         replyTo: body.type === 'text' || body.type === 'media' ? body.replyTo : undefined,
         e2e: body.type === 'delete' ? false : body.e2e,
         ts: Date.now()
+      }
+      if (!retried) {
+        for (const check of sendChecks) {
+          const refused = await check(message, device)
+          if (refused) return refused
+        }
       }
       // Groups are listed from the groups plugin: only one-to-one rows carry activity times.
       if (up.kind === 'dm') await send(client, message, async () => [up.peer, device.userId], [device.userId, up.peer])
@@ -425,6 +460,15 @@ export default definePlugin({
           .filter((peer) => peer !== user),
       onNewConversation: (listener) => {
         newConversation.push(listener)
+      },
+      addSendCheck: (check) => {
+        sendChecks.push(check)
+      },
+      onStored: (listener) => {
+        storedListeners.push(listener)
+      },
+      onDeleted: (listener) => {
+        deletedListeners.push(listener)
       }
     }
   }

@@ -8,7 +8,7 @@
 // Group conversations are listed from the groups plugin; their markers are kept here too.
 import type Database from 'better-sqlite3'
 import type { Collection, Db } from 'mongodb'
-import { SqliteBacked } from '../shared/stores.js'
+import { SqliteBacked, upsertRetrying } from '../shared/stores.js'
 import type { ConversationKey } from './store.js'
 
 export interface ConversationState {
@@ -226,7 +226,7 @@ export class MongoStateStore implements StateStore {
   }
 
   async touch(users: readonly string[], conversation: ConversationKey, ts: number): Promise<void> {
-    await this.col.bulkWrite(
+    await upsertRetrying(() => this.col.bulkWrite(
       users.map((user) => ({
         updateOne: {
           filter: { _id: this.id(user, conversation) },
@@ -234,7 +234,7 @@ export class MongoStateStore implements StateStore {
           upsert: true
         }
       }))
-    )
+    ))
   }
 
   async advance(user: string, conversation: ConversationKey, marker: Marker, seq: number): Promise<Moved> {
@@ -242,7 +242,7 @@ export class MongoStateStore implements StateStore {
       marker === 'read'
         ? { $max: { readSeq: seq, deliveredSeq: seq }, $setOnInsert: { user, conversation, ts: 0 } }
         : { $max: { deliveredSeq: seq }, $setOnInsert: { user, conversation, ts: 0, readSeq: 0 } }
-    const previous = await this.col.findOneAndUpdate({ _id: this.id(user, conversation) }, update, { upsert: true, returnDocument: 'before' })
+    const previous = await upsertRetrying(() => this.col.findOneAndUpdate({ _id: this.id(user, conversation) }, update, { upsert: true, returnDocument: 'before' }))
     const state = previous ? fromDoc(previous) : undefined
     const before = state ? (marker === 'read' ? state.readSeq : state.deliveredSeq) : 0
     return { before, after: Math.max(before, seq) }
@@ -268,7 +268,7 @@ export class MongoStateStore implements StateStore {
   }
 
   async setPrivacy(user: string, privacy: Privacy): Promise<void> {
-    await this.privacyCol.updateOne({ _id: user }, { $set: { readReceipts: privacy.readReceipts } }, { upsert: true })
+    await upsertRetrying(() => this.privacyCol.updateOne({ _id: user }, { $set: { readReceipts: privacy.readReceipts } }, { upsert: true }))
   }
 
   async cursors(user: string, device: string): Promise<Map<ConversationKey, number> | undefined> {
@@ -278,7 +278,7 @@ export class MongoStateStore implements StateStore {
   }
 
   async advanceCursors(user: string, device: string, positions: ReadonlyMap<ConversationKey, number>): Promise<void> {
-    await this.cursorCol.bulkWrite(
+    await upsertRetrying(() => this.cursorCol.bulkWrite(
       [[DEVICE_ROW, 0] as const, ...positions].map(([conversation, seq]) => ({
         updateOne: {
           filter: { _id: this.id(user, device, conversation) },
@@ -286,7 +286,7 @@ export class MongoStateStore implements StateStore {
           upsert: true
         }
       }))
-    )
+    ))
   }
 
   async close(): Promise<void> {}

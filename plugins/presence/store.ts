@@ -2,7 +2,7 @@
 // presence to even without a shared conversation) and who may see their online status and last
 // seen. Embedded (SQLite) and MongoDB, one contract (test/store-contract.test.ts).
 import type { Collection, Db } from 'mongodb'
-import { SqliteBacked } from '../shared/stores.js'
+import { SqliteBacked, upsertRetrying } from '../shared/stores.js'
 
 /** everyone: every user who shares a conversation with me, and my contacts; contacts: my contact list only; nobody. */
 export type Audience = 'everyone' | 'contacts' | 'nobody'
@@ -86,11 +86,11 @@ export class MongoPresenceStore implements PresenceStore {
 
   async addContacts(owner: string, users: readonly string[]): Promise<number> {
     if (users.length) {
-      await this.contactsCol.bulkWrite(
+      await upsertRetrying(() => this.contactsCol.bulkWrite(
         users.map((contact) => ({
           updateOne: { filter: { _id: `${owner}\u0000${contact}` }, update: { $set: { owner, contact } }, upsert: true }
         }))
-      )
+      ))
     }
     return this.contactsCol.countDocuments({ owner })
   }
@@ -106,7 +106,7 @@ export class MongoPresenceStore implements PresenceStore {
   }
 
   async setPrivacy(user: string, p: PresencePrivacy): Promise<void> {
-    await this.privacyCol.updateOne({ _id: user }, { $set: { online: p.online, lastSeen: p.lastSeen } }, { upsert: true })
+    await upsertRetrying(() => this.privacyCol.updateOne({ _id: user }, { $set: { online: p.online, lastSeen: p.lastSeen } }, { upsert: true }))
   }
 
   async close(): Promise<void> {}

@@ -91,3 +91,18 @@ export function initInBackground<S extends { init(): Promise<void> }>(
   })
   return initialised
 }
+
+/**
+ * Runs an upsert again when it lost a race to create the same document (E11000): two upserts of
+ * one _id at once may both try to insert. MongoDB retries some of these itself; FerretDB never does.
+ */
+export async function upsertRetrying<T>(upsert: () => Promise<T>, attempts = 5): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await upsert()
+    } catch (err) {
+      const code = (err as { code?: number }).code ?? (err as { writeErrors?: Array<{ code?: number }> }).writeErrors?.[0]?.code
+      if (code !== 11000 || i >= attempts) throw err
+    }
+  }
+}

@@ -55,11 +55,22 @@ interface AudienceOf {
   expires: number
 }
 
+export interface PresenceApi {
+  /** The devices of a user connected anywhere in the cluster now (push wakes only the others). */
+  connectedDevices(user: string): Promise<string[]>
+}
+
+declare module '../../broker/plugin-api.js' {
+  interface PluginApis {
+    presence: PresenceApi
+  }
+}
+
 export default definePlugin({
   name: 'presence',
   dependencies: ['protocol', 'groups', 'messages'],
   configSchema: PresenceConfig,
-  register(ctx) {
+  register(ctx): PresenceApi {
     const { config } = ctx
     const protocol = ctx.dependency('protocol')
     const groups = ctx.dependency('groups')
@@ -312,5 +323,7 @@ export default definePlugin({
       await state.leave(Date.now()).catch((err: unknown) => ctx.log.warn({ err }, 'presence: devices not handed over'))
       await storeImpl.close()
     })
+
+    return { connectedDevices: (user) => state.devices(user) }
   }
 })

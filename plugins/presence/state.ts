@@ -43,6 +43,8 @@ export interface PresenceState {
   /** This node is alive (call every few seconds). */
   heartbeat(now: number): Promise<void>
   get(users: readonly string[]): Promise<UserPresence[]>
+  /** The devices of a user connected anywhere now. */
+  devices(user: string): Promise<string[]>
   /** Graceful stop: this node's devices are due at once (the sweep of another node, or the next start, settles them). */
   leave(now: number): Promise<void>
 }
@@ -181,6 +183,10 @@ export class RedisPresenceState implements PresenceState {
     })
   }
 
+  async devices(user: string): Promise<string[]> {
+    return (await this.redis.hkeys(this.k(`dev:${user}`))).sort()
+  }
+
   async leave(now: number): Promise<void> {
     // Our devices go through the dead-node path of the other nodes: due at once, no liveness wait.
     await this.redis.del(this.k(`alive:${this.brokerId}`))
@@ -202,16 +208,16 @@ export class RedisPresenceState implements PresenceState {
 // ---------------------------------------------------------------------------------------------
 
 export class MemoryPresenceState implements PresenceState {
-  private readonly devices = new Map<string, Map<string, string>>()
+  private readonly devices_ = new Map<string, Map<string, string>>()
   private readonly state = new Map<string, { online: boolean; lastSeen?: number; version: number }>()
   private readonly due = new Map<string, number>()
 
   constructor(private readonly timing: PresenceTiming) {}
 
   async connect(user: string, device: string, connection: string, now: number): Promise<Transition | undefined> {
-    const devices = this.devices.get(user) ?? new Map<string, string>()
+    const devices = this.devices_.get(user) ?? new Map<string, string>()
     devices.set(device, connection)
-    this.devices.set(user, devices)
+    this.devices_.set(user, devices)
     this.due.delete(user)
     const s = this.state.get(user)
     if (s?.online) return undefined
@@ -221,10 +227,10 @@ export class MemoryPresenceState implements PresenceState {
   }
 
   async disconnect(user: string, device: string, connection: string, now: number): Promise<void> {
-    const devices = this.devices.get(user)
+    const devices = this.devices_.get(user)
     if (devices?.get(device) === connection) devices.delete(device)
     if (!devices?.size) {
-      this.devices.delete(user)
+      this.devices_.delete(user)
       this.due.set(user, now + this.timing.graceMs)
     }
   }
@@ -235,7 +241,7 @@ export class MemoryPresenceState implements PresenceState {
       if (at > now) continue
       this.due.delete(user)
       const s = this.state.get(user)
-      if (this.devices.get(user)?.size || !s?.online) continue
+      if (this.devices_.get(user)?.size || !s?.online) continue
       const left = Math.min(now, at - this.timing.graceMs)
       const version = s.version + 1
       this.state.set(user, { online: false, lastSeen: left, version })
@@ -251,6 +257,10 @@ export class MemoryPresenceState implements PresenceState {
       const s = this.state.get(user)
       return { user, online: s?.online ?? false, ...(s && !s.online && s.lastSeen ? { lastSeen: s.lastSeen } : {}), version: s?.version ?? 0 }
     })
+  }
+
+  async devices(user: string): Promise<string[]> {
+    return [...(this.devices_.get(user)?.keys() ?? [])].sort()
   }
 
   async leave(): Promise<void> {}

@@ -36,6 +36,7 @@ for (const [name, make] of states) {
       await s.heartbeat(0)
       assert.deepEqual(await s.connect('ann', 'phone', a, 100), { user: 'ann', online: true, at: 100, version: 1 })
       assert.equal(await s.connect('ann', 'laptop', b, 110), undefined, 'already online')
+      assert.deepEqual(await s.devices('ann'), ['laptop', 'phone'])
       await s.disconnect('ann', 'phone', a, 200)
       assert.deepEqual(await s.sweep(5000), [], 'a device is left')
       await s.disconnect('ann', 'laptop', b, 300)

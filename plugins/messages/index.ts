@@ -176,17 +176,54 @@ export default definePlugin({
     const newConversation: Array<(users: readonly string[]) => Promise<void>> = []
 
     /** Conversation state that trails a stored message: the list order, and "sending reads". */
+    // Coalesced per conversation: a burst of N messages costs one touch and one marker write per
+    // sender, not N of each (on MongoDB those writes would cost more than the batched inserts).
+    interface Activity {
+      users: Set<string>
+      ts: number
+      first: boolean
+      reads: Map<string, { seq: number; system: boolean }>
+    }
+    const pendingActivity = new Map<ConversationKey, Activity>()
+    let activityFlush: Promise<void> | undefined
+    const flushActivity = async (): Promise<void> => {
+      await new Promise((r) => setImmediate(r)) // let the rest of this burst join
+      try {
+        const st = await state()
+        while (pendingActivity.size) {
+          const batch = [...pendingActivity]
+          pendingActivity.clear()
+          await mapLimited(batch, 16, async ([key, a]) => {
+            try {
+              const users = [...a.users]
+              if (users.length) await st.touch(users, key, a.ts)
+              if (a.first && users.length) for (const listener of newConversation) await listener(users)
+              for (const [user, r] of a.reads) {
+                // A system notice is not its author reading the conversation; it is only not unread
+                // for them when they had read everything before it.
+                const caughtUp = !r.system || ((await st.get(user, key))?.readSeq ?? 0) >= r.seq - 1
+                if (caughtUp) await st.advance(user, key, 'read', r.seq)
+              }
+            } catch (err) {
+              ctx.log.error({ err, conversation: key }, 'conversation state not updated')
+            }
+          })
+        }
+      } catch (err) {
+        ctx.log.error({ err }, 'conversation state not updated')
+      } finally {
+        activityFlush = undefined
+      }
+    }
     const recordActivity = (m: StoredMessage, users: readonly string[]): void => {
-      void state()
-        .then(async (st) => {
-          await st.touch(users, m.conversation, m.ts)
-          if (m.seq === 1 && users.length) for (const listener of newConversation) await listener(users)
-          // A system notice is not its author reading the conversation; it is only not unread for them
-          // when they had read everything before it.
-          const caughtUp = m.type !== 'system' || ((await st.get(m.sender.user, m.conversation))?.readSeq ?? 0) >= m.seq - 1
-          if (caughtUp) await st.advance(m.sender.user, m.conversation, 'read', m.seq)
-        })
-        .catch((err: unknown) => ctx.log.error({ err, id: m.id }, 'conversation state not updated'))
+      const a: Activity = pendingActivity.get(m.conversation) ?? { users: new Set<string>(), ts: 0, first: false, reads: new Map<string, { seq: number; system: boolean }>() }
+      users.forEach((u) => a.users.add(u))
+      a.ts = Math.max(a.ts, m.ts)
+      if (m.seq === 1) a.first = true
+      const read = a.reads.get(m.sender.user)
+      if (!read || read.seq < m.seq) a.reads.set(m.sender.user, { seq: m.seq, system: m.type === 'system' })
+      pendingActivity.set(m.conversation, a)
+      activityFlush ??= flushActivity()
     }
 
     const rejection = (reject: PublishRejection['reject'], message: string): PublishRejection => ({ reject, message })
@@ -446,6 +483,7 @@ export default definePlugin({
 
     ctx.hook('shutdown', async () => {
       await appender.drain()
+      await activityFlush
       await receipts.drain()
       await store.close()
       await stateStore.close()

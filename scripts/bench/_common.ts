@@ -1,0 +1,165 @@
+// Helpers shared by the bench scenarios (files starting with "_" are not scenarios).
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+
+const ROOT = join(import.meta.dirname, '..', '..')
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+let clockTicks: number | undefined
+function ticksPerSecond(): number {
+  if (clockTicks === undefined) {
+    try {
+      clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
+    } catch {
+      clockTicks = 100
+    }
+  }
+  return clockTicks
+}
+
+/** CPU time (user + system, all threads) a process has used so far, in ms, from /proc/<pid>/stat. */
+export function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  const utime = Number(fields[11])
+  const stime = Number(fields[12])
+  return ((utime + stime) * 1000) / ticksPerSecond()
+}
+
+/** Resident memory now (VmRSS) and at its peak (VmHWM), in MiB, from /proc/<pid>/status. */
+export function memoryMiB(pid: number): { rss: number; peak: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? NaN)
+  return { rss: round(kib('VmRSS') / 1024, 1), peak: round(kib('VmHWM') / 1024, 1) }
+}
+
+/** The broker's Prometheus metrics, as `name{labels}` → value (label sets as printed). */
+export async function scrapeMetrics(opsPort: number): Promise<Map<string, number>> {
+  const res = await fetch(`http://127.0.0.1:${opsPort}/metrics`, { signal: AbortSignal.timeout(10_000) })
+  const out = new Map<string, number>()
+  for (const line of (await res.text()).split('\n')) {
+    if (!line || line.startsWith('#')) continue
+    const i = line.lastIndexOf(' ')
+    out.set(line.slice(0, i), Number(line.slice(i + 1)))
+  }
+  return out
+}
+
+/** Whether `promise` settled within `ms` (the timer does not keep the process alive afterwards). */
+export async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([promise.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** Polls until `check` returns true; false when `timeoutMs` passed first. */
+export async function waitUntil(check: () => boolean | Promise<boolean>, timeoutMs: number, intervalMs = 100): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (await check()) return true
+    if (Date.now() >= deadline) return false
+    await sleep(intervalMs)
+  }
+}
+
+export const round = (x: number, digits = 2): number => Math.round(x * 10 ** digits) / 10 ** digits
+
+/** `--name value` options of a scenario, with integer defaults. */
+export function intOptions<T extends Record<string, number>>(args: string[], defaults: T): T {
+  const out: Record<string, number> = { ...defaults }
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!
+    const [flag, inline] = arg.split('=', 2) as [string, string | undefined]
+    const key = flag.replace(/^--/, '').replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase())
+    if (!flag.startsWith('--') || !(key in defaults)) throw new Error(`unknown option ${arg}; options: ${Object.keys(defaults).map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(' ')}`)
+    const value = Number(inline ?? args[++i])
+    if (!Number.isInteger(value) || value < 0) throw new Error(`${flag}: expected a non-negative integer`)
+    out[key] = value
+  }
+  return out as T
+}
+
+export interface Broker {
+  child: ChildProcess
+  pid: number
+  /** Listener name (tcp, ws, ops, ...) → port. */
+  ports: Record<string, number>
+  /** SIGTERM, then SIGKILL after `graceMs`; removes the data directory. */
+  stop(graceMs?: number): Promise<void>
+}
+
+/**
+ * Starts `parley start` as a child process with its listeners on 127.0.0.1, ports chosen by the OS
+ * (read from its 'listening' log lines), and a fresh data directory; resolves when it logs "ready".
+ * (test/helpers/broker-process.ts does the same for the tests; it is not imported so that the
+ * production build does not pull test code in.)
+ */
+export async function startBroker(options: { args?: string[]; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Broker> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'parley-bench-data-'))
+  const env: NodeJS.ProcessEnv = {}
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith('PARLEY_') && !['REDIS_URL', 'MONGO_URL', 'S3_ENDPOINT', 'LOG_LEVEL'].includes(k)) env[k] = v
+  }
+  Object.assign(env, {
+    PARLEY_DATA_DIR: dataDir,
+    PARLEY_LISTENERS__TCP__HOST: '127.0.0.1',
+    PARLEY_LISTENERS__TCP__PORT: '0',
+    PARLEY_LISTENERS__WS__HOST: '127.0.0.1',
+    PARLEY_LISTENERS__WS__PORT: '0',
+    PARLEY_LISTENERS__OPS__HOST: '127.0.0.1',
+    PARLEY_LISTENERS__OPS__PORT: '0',
+    ...options.env
+  })
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'scripts', 'parley.ts'), 'start', ...(options.args ?? [])], {
+    cwd: ROOT,
+    env,
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  const killOnExit = () => child.kill('SIGKILL')
+  process.once('exit', killOnExit)
+  const exited = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      process.off('exit', killOnExit)
+      rmSync(dataDir, { recursive: true, force: true })
+      resolve()
+    })
+  )
+  const stderr: string[] = []
+  createInterface({ input: child.stderr }).on('line', (l) => stderr.length < 200 && stderr.push(l))
+  const ports: Record<string, number> = {}
+  const stop = async (graceMs = 20_000) => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
+    if (!(await settlesWithin(exited, graceMs))) {
+      child.kill('SIGKILL')
+      await exited
+    }
+  }
+  const ready = new Promise<void>((resolve, reject) => {
+    // Keep reading stdout to the end: a full pipe would block the broker's logging.
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      let entry: { msg?: unknown; listener?: unknown; port?: unknown }
+      try {
+        entry = JSON.parse(line) as typeof entry
+      } catch {
+        return
+      }
+      if (entry.msg === 'listening' && typeof entry.listener === 'string' && typeof entry.port === 'number') ports[entry.listener] = entry.port
+      if (entry.msg === 'ready') resolve()
+    })
+    void exited.then(() => reject(new Error(`broker exited (${child.exitCode ?? child.signalCode}) before ready:\n${stderr.join('\n')}`)))
+  })
+  if (!(await settlesWithin(ready, options.timeoutMs ?? 60_000))) {
+    await stop(0)
+    throw new Error('broker not ready in time')
+  }
+  await ready
+  return { child, pid: child.pid!, ports, stop }
+}

@@ -21,6 +21,7 @@ import { startMqttListeners, type MqttListener } from './listeners.js'
 import type { Logger } from './logger.js'
 import { limitOfflineQueues, memoryQueueLengths, redisQueueLengths, type QueueLengths, type QueueablePersistence } from './offline-queue.js'
 import { createOpsServer } from './ops-http.js'
+import { routeByUser } from './routed-emitter.js'
 import type { DeliveryRoute, HookName, ParleyPlugin, PluginContext, PluginMetrics, PublishOptions } from './plugin-api.js'
 import { PluginHost, importPlugins, orderPlugins } from './plugin-host.js'
 
@@ -202,7 +203,8 @@ export class BrokerNode {
       const pub = newRedis(config.redis.url, 'mq-pub', this.log)
       const store = newRedis(config.redis.url, 'persistence', this.log)
       this.clusterRedis = [sub, pub, store]
-      const redisMq = mqemitterRedis({ subConn: sub, pubConn: pub })
+      // One exact Redis channel per user tree instead of a pattern per subscription (routed-emitter.ts).
+      const redisMq = routeByUser(mqemitterRedis({ subConn: sub, pubConn: pub }))
       // mqemitter-redis re-emits connection errors here; unhandled they would kill the process.
       // The connections themselves log outages (newRedis) and reconnect.
       redisMq.state.on('error', (err: Error) => this.log.debug({ err: err.message }, 'cluster emitter error'))

@@ -8,6 +8,8 @@
 // queue is full: the newest messages are the ones not queued. Chat loses nothing by it: messages
 // are in the message store, and a device back after a long time catches up with messages.pull,
 // which tells it to reset when it is too far behind anyway.
+// The bound is exact on one node; nodes enqueueing for the same client at the same instant may
+// overshoot it by one message each.
 //
 // How long is a queue?
 //  - Redis persistence: the length of its list outgoing:<clientId> (aedes-persistence-redis 12,
@@ -67,13 +69,33 @@ export function memoryQueueLengths(): QueueLengths {
 export function limitOfflineQueues(persistence: QueueablePersistence, limit: number, queues: QueueLengths, dropped: (clientIds: string[]) => void): void {
   if (limit <= 0) return
   const enqueue = persistence.outgoingEnqueueCombi.bind(persistence)
+  // Aedes enqueues several messages at once (the PUBACK does not wait for it), so "check the
+  // length, then enqueue" runs one at a time per client on this node; otherwise a burst would pass
+  // the check together and overshoot the limit.
+  const tails = new Map<string, Promise<void>>()
+  const oneAtATime = async (ids: readonly string[], fn: () => Promise<void>): Promise<void> => {
+    const before = ids.map((id) => tails.get(id) ?? Promise.resolve())
+    let release!: () => void
+    const mine = new Promise<void>((resolve) => (release = resolve))
+    for (const id of ids) tails.set(id, mine)
+    await Promise.all(before)
+    try {
+      await fn()
+    } finally {
+      release()
+      for (const id of ids) if (tails.get(id) === mine) tails.delete(id)
+    }
+  }
   persistence.outgoingEnqueueCombi = async (subs, packet) => {
     if (!subs?.length) return enqueue(subs, packet)
-    const lengths = await queues.lengths(subs.map((s) => s.clientId))
-    const keep = subs.filter((_, i) => lengths[i]! < limit)
-    if (keep.length < subs.length) dropped(subs.filter((_, i) => lengths[i]! >= limit).map((s) => s.clientId))
-    if (!keep.length) return
-    await enqueue(keep, packet)
-    queues.queued(keep.map((s) => s.clientId))
+    const ids = subs.map((s) => s.clientId)
+    await oneAtATime(ids, async () => {
+      const lengths = await queues.lengths(ids)
+      const keep = subs.filter((_, i) => lengths[i]! < limit)
+      if (keep.length < subs.length) dropped(subs.filter((_, i) => lengths[i]! >= limit).map((s) => s.clientId))
+      if (!keep.length) return
+      await enqueue(keep, packet)
+      queues.queued(keep.map((s) => s.clientId))
+    })
   }
 }

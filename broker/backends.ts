@@ -86,19 +86,22 @@ export function openBackends(config: Config, log: Logger): BackendSet {
   }
 
   if (config.s3.endpoint) {
-    const url = new URL(config.s3.endpoint)
-    const useSSL = url.protocol === 'https:'
-    const client = new MinioClient({
-      endPoint: url.hostname,
-      port: url.port ? Number(url.port) : useSSL ? 443 : 80,
-      useSSL,
-      region: config.s3.region,
-      accessKey: config.s3.accessKey ?? '',
-      secretKey: config.s3.secretKey ?? '',
-      pathStyle: true
-    })
+    const minio = (endpoint: string) => {
+      const url = new URL(endpoint)
+      const useSSL = url.protocol === 'https:'
+      return new MinioClient({
+        endPoint: url.hostname,
+        port: url.port ? Number(url.port) : useSSL ? 443 : 80,
+        useSSL,
+        region: config.s3.region,
+        accessKey: config.s3.accessKey ?? '',
+        secretKey: config.s3.secretKey ?? '',
+        pathStyle: true
+      })
+    }
+    const client = minio(config.s3.endpoint)
     const bucket = config.s3.bucket
-    backends.s3 = { client, bucket }
+    backends.s3 = { client, bucket, ...(config.s3.publicEndpoint ? { presignClient: minio(config.s3.publicEndpoint) } : {}) }
     let bucketReady = false
     checks.set('s3', async () => {
       if (await client.bucketExists(bucket)) {

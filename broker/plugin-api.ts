@@ -127,7 +127,12 @@ export interface Backends {
   /** The configured MongoDB database. */
   mongo?: Db
   /** The S3 / MinIO client and the configured bucket. */
-  s3?: { client: MinioClient; bucket: string }
+  s3?: {
+    client: MinioClient
+    bucket: string
+    /** Signs URLs for devices when they reach the store at another address (s3.publicEndpoint). */
+    presignClient?: MinioClient
+  }
 }
 
 export interface PluginMetrics {

@@ -15,5 +15,7 @@ export const builtinPlugins: Readonly<Record<string, Loader>> = {
   groups: load(() => import('./groups/index.js')),
   messages: load(() => import('./messages/index.js')),
   presence: load(() => import('./presence/index.js')),
+  push: load(() => import('./push/index.js')),
+  media: load(() => import('./media/index.js')),
   'example-topic-guard': load(() => import('./example-topic-guard/index.js'))
 }

@@ -25,7 +25,7 @@ const host = z.string().min(1, { error: 'expected a host name or IP address' })
 const filePath = z.string().min(1, { error: 'expected a file path' })
 
 /** The plugins a node runs when the configuration names none: device tokens, limits, the topic tree, groups, messages. */
-export const DEFAULT_PLUGINS = ['auth-jwt', 'limits', 'protocol', 'groups', 'messages', 'presence'] as const
+export const DEFAULT_PLUGINS = ['auth-jwt', 'limits', 'protocol', 'groups', 'messages', 'presence', 'media', 'push'] as const
 
 /** Marks a field whose value must never be printed or logged. */
 export const secret = <T extends z.ZodType>(schema: T, description: string) =>
@@ -157,6 +157,10 @@ export const ConfigSchema = z
           .url({ protocol: /^https?$/, error: 'expected an http:// or https:// URL' })
           .optional()
           .describe('S3 endpoint; when set, media uses S3/MinIO'),
+        publicEndpoint: z
+          .url({ protocol: /^https?$/, error: 'expected an http:// or https:// URL' })
+          .optional()
+          .describe('S3 endpoint as devices reach it, when it differs from endpoint (media URLs are signed for this host)'),
         region: z.string().default('us-east-1').describe('S3 region'),
         bucket: z
           .string()
@@ -257,6 +261,7 @@ export const CONVENTIONAL_ENV: Readonly<Record<string, readonly string[]>> = {
   MONGO_URL: ['mongo', 'url'],
   MONGO_DATABASE: ['mongo', 'database'],
   S3_ENDPOINT: ['s3', 'endpoint'],
+  S3_PUBLIC_ENDPOINT: ['s3', 'publicEndpoint'],
   S3_REGION: ['s3', 'region'],
   S3_BUCKET: ['s3', 'bucket'],
   S3_ACCESS_KEY: ['s3', 'accessKey'],

@@ -8,6 +8,7 @@ import { createLogger } from '../broker/logger.js'
 import { BrokerNode } from '../broker/node.js'
 import type { Config } from '../schemas/config.js'
 import { mintDeviceToken } from '../plugins/auth-jwt/mint.js'
+import { adminPushTest } from '../plugins/push/admin.js'
 
 /** Exit codes, documented in the README. */
 export const EXIT = { ok: 0, failure: 1, usage: 2, config: 78 } as const
@@ -103,6 +104,21 @@ export function buildProgram(): Command {
         process.stderr.write(`parley token: ${(err as Error).message}\n`)
         process.exit(EXIT.usage)
       }
+    })
+
+  const admin = program.command('admin').description('operate a running node through its operations listener')
+  admin
+    .command('push')
+    .description('push notifications')
+    .command('test')
+    .description("send a test notification to a user's registered devices now and print each provider's answer")
+    .argument('<userId>', 'the user')
+    .option('-d, --device <id>', 'only this device')
+    .option('-u, --url <url>', "the node's operations listener (default: listeners.ops of the configuration)")
+    .option('-c, --config <file>', 'YAML or JSON configuration file (also PARLEY_CONFIG)')
+    .action(async (userId: string, options: { device?: string; url?: string; config?: string }) => {
+      const { config } = configOrExit(options.config)
+      process.exitCode = await adminPushTest(config, userId, options)
     })
 
   program

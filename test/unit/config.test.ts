@@ -23,7 +23,7 @@ describe('configuration', () => {
     assert.equal(config.mongo.url, undefined)
     assert.equal(config.s3.endpoint, undefined)
     assert.equal(tlsListenerEnabled(config), false, 'TLS is off without a certificate')
-    assert.deepEqual(config.plugins, ['auth-jwt', 'limits', 'protocol', 'groups', 'messages', 'presence'], 'secure by default: tokens, limits, topic tree')
+    assert.deepEqual(config.plugins, ['auth-jwt', 'limits', 'protocol', 'groups', 'messages', 'presence', 'media', 'push'], 'secure by default: tokens, limits, topic tree')
     assert.equal(config.mqtt.allowAnonymous, false)
   })
 

@@ -111,7 +111,7 @@ describe('docker-compose.yml', () => {
       const parsedAuth = AuthJwtConfig.parse(auth.config ?? {})
       assert.equal(parsedAuth.hs256.secretFile, '/run/secrets/parley_jwt')
       assert.deepEqual(service.secrets, ['parley_jwt'])
-      assert.deepEqual(config.plugins.map((p) => (typeof p === 'string' ? p : p.use)), ['auth-jwt', 'limits', 'protocol', 'groups', 'messages', 'presence'])
+      assert.deepEqual(config.plugins.map((p) => (typeof p === 'string' ? p : p.use)), ['auth-jwt', 'limits', 'protocol', 'groups', 'messages', 'presence', 'media', 'push'])
     })
 
     it(`${name}: has a /readyz healthcheck and waits for healthy backends`, () => {

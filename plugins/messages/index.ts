@@ -120,6 +120,8 @@ export interface MessagesApi {
   onStored(listener: (message: StoredMessage, recipients: readonly string[]) => Promise<void>): void
   /** Calls `listener` with a message as it was before its sender deleted it for everyone (media: remove the object). */
   onDeleted(listener: (original: StoredMessage) => Promise<void>): void
+  /** The user's unread messages over every conversation (an app badge). */
+  unreadTotal(user: string): Promise<number>
 }
 
 export type { NewMessage, StoredMessage } from './store.js'
@@ -406,26 +408,31 @@ export default definePlugin({
       return [...keys]
     }
 
+    /** Every conversation of a user with its last message and markers. */
+    const conversationRows = async (user: string) => {
+      const [s, st] = [await initialised(), await state()]
+      return mapLimited(await conversationsOf(user), 32, async (key) => {
+        const [last] = await s.before(key, Number.MAX_SAFE_INTEGER, 1)
+        const marks = await st.get(user, key)
+        const lastSeq = last?.seq ?? 0
+        const readSeq = marks?.readSeq ?? 0
+        return {
+          conversation: conversationFor(key, user),
+          lastSeq,
+          readSeq,
+          deliveredSeq: marks?.deliveredSeq ?? 0,
+          unread: Math.max(0, lastSeq - readSeq),
+          ...(last ? { last: envelopeFor(last, user) } : {})
+        }
+      })
+    }
+
     protocol.registerMethod('conversations.list', {
       params: z.object({ limit: z.number().int().positive().max(500).optional() }).strict(),
       handler: async (device, p) => {
-        const [s, st] = [await initialised(), await state()]
         const limit = p.limit ?? 100
         // Every conversation counts toward the total; the `limit` most recent are listed.
-        const rows = await mapLimited(await conversationsOf(device.userId), 32, async (key) => {
-          const [last] = await s.before(key, Number.MAX_SAFE_INTEGER, 1)
-          const marks = await st.get(device.userId, key)
-          const lastSeq = last?.seq ?? 0
-          const readSeq = marks?.readSeq ?? 0
-          return {
-            conversation: conversationFor(key, device.userId),
-            lastSeq,
-            readSeq,
-            deliveredSeq: marks?.deliveredSeq ?? 0,
-            unread: Math.max(0, lastSeq - readSeq),
-            ...(last ? { last: envelopeFor(last, device.userId) } : {})
-          }
-        })
+        const rows = await conversationRows(device.userId)
         // A conversation without messages (say, a read marker sent to an empty chat) is not listed.
         const listed = rows.filter((r) => r.lastSeq > 0).sort((a, b) => (b.last?.ts ?? 0) - (a.last?.ts ?? 0))
         return { conversations: listed.slice(0, limit), totalUnread: listed.reduce((n, c) => n + c.unread, 0) }
@@ -507,7 +514,8 @@ export default definePlugin({
       },
       onDeleted: (listener) => {
         deletedListeners.push(listener)
-      }
+      },
+      unreadTotal: async (user) => (await conversationRows(user)).reduce((n, r) => n + r.unread, 0)
     }
   }
 })

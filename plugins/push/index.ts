@@ -12,8 +12,7 @@
 //   - Worker (worker.ts): checks, rate limit, send, back-off with Retry-After, dead-token removal.
 //   - Providers: APNs (@parse/node-apn, .p8 token auth), FCM (firebase-admin 13); without
 //     credentials, a provider that logs.
-//   - Badge: messages pushed to the device and not yet read (read markers on s/read shrink it), until
-//     the messages plugin offers the user's unread total.
+//   - Badge: the user's unread total (messages.unreadTotal), counted when the push is sent.
 //   - Admin: POST /plugins/push/test on the operations listener (`parley admin push test`).
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { z } from 'zod'
@@ -221,6 +220,9 @@ export default definePlugin({
       providerFor,
       connectedDevices: (user) => presence.connectedDevices(user),
       groupName: async (user, groupId) => (await groups.groupsOf(user)).find((g) => g.id === groupId)?.name,
+      // The user's unread total from the message store; if that fails, what this device was pushed and has not read.
+      badge: async (user, device, jobCount) =>
+        messages.unreadTotal(user).catch(async () => (await (await registry()).pushedUnread(user, device)) + jobCount),
       metrics
     })
     worker.start()

@@ -38,6 +38,8 @@ export interface WorkerDeps {
   providerFor: (registration: Registration) => PushProvider
   connectedDevices: (user: string) => Promise<string[]>
   groupName: (user: string, groupId: string) => Promise<string | undefined>
+  /** The app badge for a push to this device: the user's unread total. */
+  badge: (user: string, device: string, jobCount: number) => Promise<number>
   metrics: WorkerMetrics
 }
 
@@ -140,7 +142,7 @@ export class PushWorker {
     }
 
     const texts: Texts = textsFor(registration.locale, config.texts, config.locale)
-    const badge = (await registry.pushedUnread(job.user, job.device)) + job.count
+    const badge = await this.d.badge(job.user, job.device, job.count)
     const groupName =
       registration.previews && job.conversation.startsWith('g:') && !job.last.e2e ? await this.d.groupName(job.user, job.conversation.slice(2)) : undefined
     const notice = muted ? badgeNotice(job, badge, config.ttlSeconds) : messageNotice(job, registration, badge, { texts, ttlSeconds: config.ttlSeconds, groupName })

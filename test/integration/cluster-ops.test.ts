@@ -97,6 +97,8 @@ describe('persistent session queues are bounded', () => {
         const away = await connectClient(t.mqttUrl, { clientId, clean: false })
         await away.subscribeAsync(topic, { qos: 1 })
         await away.endAsync()
+        // Away for the broker too: a client it still holds would get them live, not queued.
+        await eventually(() => t.node.connectedClients === 0, 5000, 'the broker saw the device leave')
         const sender = await connectClient(t.mqttUrl, { clientId: `sender-${uid()}` })
         for (let i = 1; i <= 8; i++) await sender.publishAsync(topic, `m${i}`, { qos: 1 })
         await sender.endAsync()

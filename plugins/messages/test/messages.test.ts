@@ -226,7 +226,7 @@ describe('messages on MongoDB when the database fails', () => {
     await proxy?.cut().catch(() => undefined)
   })
 
-  it('gives no PUBACK while the store is down, and stores the retry once it is back', { timeout: 90_000 }, async () => {
+  it('gives no PUBACK while the store is down, and stores the retry once it is back', { timeout: 90_000 }, async (tc) => {
     const receiver = await device(t.mqttUrl, 'hal', 'phone')
     // A persistent session: mqtt.js resends an unacknowledged QoS 1 publish after reconnecting.
     const sender = await device(t.mqttUrl, 'ivy', 'phone', { clean: false, reconnectPeriod: 300 })
@@ -234,6 +234,7 @@ describe('messages on MongoDB when the database fails', () => {
     await eventually(() => receiver.messages.length === 1, 5000, 'first message')
 
     await within(proxy.cut(), 5000, 'cutting the database proxy')
+    const outageStarted = Date.now()
     let acked = false
     const closed = new Promise<void>((resolve) => sender.client.once('close', () => resolve()))
     const send = sender.send('hal', 'i2', 'during the outage').then(() => {
@@ -242,13 +243,24 @@ describe('messages on MongoDB when the database fails', () => {
     await within(closed, 15_000, 'the broker closing the sender whose send could not be stored')
     assert.equal(acked, false, 'the store failed: no PUBACK, the connection was closed')
     assert.equal(receiver.messages.length, 1, 'nothing was delivered')
+    const readyz = async () => (await fetch(`http://127.0.0.1:${t.ops}/readyz`)).status
+    await eventually(async () => (await readyz()) === 503, 10_000, '/readyz: not ready while the store is down')
+    assert.equal((await fetch(`http://127.0.0.1:${t.ops}/healthz`)).status, 200, 'the node stays up')
+    // A ten-second outage (issue 5): the sender keeps retrying meanwhile, and is refused each time.
+    await new Promise((r) => setTimeout(r, Math.max(0, outageStarted + 10_000 - Date.now())))
+    assert.equal(acked, false, 'still no PUBACK after ten seconds down')
 
     await within(proxy.open(), 5000, 'reopening the database proxy')
+    await eventually(async () => (await readyz()) === 200, 20_000, '/readyz: ready again once the store is back')
     await within(send, 30_000, 'the PUBACK of the resent message') // mqtt.js resent it after reconnecting; the PUBACK now means stored
     await eventually(() => receiver.messages.length === 2, 15_000, 'the retried message')
     assert.deepEqual(ids(receiver.messages), ['1:before the outage', '2:during the outage'])
     const sync = await receiver.rpc('messages.sync', { conversation: { kind: 'dm', id: 'ivy' }, afterSeq: 0 })
     assert.deepEqual(ids((sync.result as { messages: MessageEnvelope[] }).messages), ['1:before the outage', '2:during the outage'], 'stored once')
+    const delivered = new Set(receiver.messages.map((m) => m.id)).size
+    tc.diagnostic(
+      `fault (c), store down 10 s: sent 2, acknowledged 2, delivered ${delivered}, duplicated ${receiver.messages.length - delivered}, lost ${2 - delivered}`
+    )
     sender.client.end(true)
     await within(receiver.client.endAsync(), 5000, 'receiver disconnect')
   })

@@ -60,6 +60,35 @@ describe('a cluster as operators see it', () => {
     await eventually(async () => (await cluster(a)).nodes.length === 1, 15_000, 'the dead node leaves the view')
     doomed.end(true)
   })
+
+  it('takes back a node restarted with the same configuration, with the messages queued while it was down', async () => {
+    // view-b was killed by the test before; a persistent session of it waits on the survivor meanwhile.
+    const topic = `rejoin/${uid()}`
+    const clientId = `persistent-${uid()}`
+    const session = await connectClient(url(a), { clientId, clean: false })
+    await session.subscribeAsync(topic, { qos: 1 })
+    await session.endAsync()
+    const sender = await connectClient(url(a), { clientId: `sender-${uid()}` })
+    clients.push(sender)
+    for (const n of [1, 2, 3]) await sender.publishAsync(topic, `queued ${n}`, { qos: 1 })
+
+    b = await startBroker({ env: { ...BARE, REDIS_URL: redisUrl, PARLEY_NODE_NAME: 'view-b' } })
+    await eventually(async () => (await cluster(a)).nodes.some((n) => n.brokerId === b.brokerId), 15_000, 'the restarted node joins the view')
+    const got: string[] = []
+    const back = mqtt.connect(url(b), { clientId, clean: false, reconnectPeriod: 0 })
+    clients.push(back)
+    back.on('message', (t, p) => t === topic && got.push(p.toString()))
+    await eventually(() => got.length >= 3, 10_000, 'the queued messages, on the restarted node')
+    assert.deepEqual([...new Set(got)].sort(), ['queued 1', 'queued 2', 'queued 3'])
+    // And live traffic crosses between the survivor and the restarted node both ways.
+    const live = `live/${uid()}`
+    const onB = await connectClient(url(b), { clientId: `live-b-${uid()}` })
+    clients.push(onB)
+    await onB.subscribeAsync(live, { qos: 1 })
+    const arrived = new Promise<string>((resolve) => onB.on('message', (_t, p) => resolve(p.toString())))
+    await sender.publishAsync(live, 'from the survivor', { qos: 1 })
+    assert.equal(await within(arrived, 10_000, 'a live message across nodes'), 'from the survivor')
+  })
 })
 
 describe('draining a node on stop', () => {

@@ -1,6 +1,7 @@
 // Provisions and runs the real services the tests need, on free loopback ports:
 //   Redis       Debian's redis-server (apt-get install when missing and running as root)
-//   HAProxy     Debian's haproxy (the load balancer of deploy/haproxy.cfg, for the cluster tests)
+//   HAProxy     Debian's haproxy (the load balancer of deploy/haproxy.cfg, for the cluster tests);
+//               openssl, for the test certificates of the push fakes
 //   MongoDB     FerretDB 1.24.2 (MongoDB wire protocol, SQLite backend), built from the Go module proxy
 //   S3          MinIO, built from the Go module proxy (`go install github.com/minio/minio@<version>`)
 // Builds are cached outside the repository (XDG_CACHE_HOME or ~/.cache, under parley/), so the
@@ -20,7 +21,7 @@ import { pathToFileURL } from 'node:url'
 export const FERRETDB_VERSION = 'v1.24.2'
 /** The version `go install github.com/minio/minio@latest` resolved to when this was written; pinned for repeatable builds. */
 export const MINIO_VERSION = 'v0.0.0-20260212201848-7aac2a2c5b7c'
-const APT_PACKAGES = ['redis-server', 'mosquitto', 'mosquitto-clients', 'haproxy']
+const APT_PACKAGES = ['redis-server', 'mosquitto', 'mosquitto-clients', 'haproxy', 'openssl']
 
 export interface ServiceEnv {
   TEST_REDIS_URL: string
@@ -194,7 +195,7 @@ export async function startServices(): Promise<RunningServices> {
     let mongoUrl = e.TEST_MONGO_URL
     let s3 = e.TEST_S3_ENDPOINT ? { endpoint: e.TEST_S3_ENDPOINT, accessKey: e.TEST_S3_ACCESS_KEY ?? '', secretKey: e.TEST_S3_SECRET_KEY ?? '' } : undefined
 
-    if (!redisUrl || !has('mosquitto_pub') || !has('haproxy')) ensureAptPackages()
+    if (!redisUrl || !has('mosquitto_pub') || !has('haproxy') || !has('openssl')) ensureAptPackages()
     if (redisUrl) report.push(`redis: given ${redisUrl}`)
     else {
       const port = await freePort()

@@ -10,9 +10,12 @@
 //
 // Usage: tsx scripts/services.ts provision   (install and build only)
 //        tsx scripts/services.ts up          (start; prints the env to use; Ctrl-C stops)
+// Tests that need a service of their own (stopped, killed and started again: test/fault/) use the
+// starters: startRedis({ dir, port?, appendonly? }) and startFerretDb({ dir, port? }) return
+// { url, port, pid, running, stop(), kill9(), restart() }; restart() reuses the port and the files.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { cpSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, chmodSync } from 'node:fs'
+import { closeSync, cpSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, chmodSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import { homedir, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -159,19 +162,154 @@ async function waitFor(what: string, child: ChildProcess, ready: () => Promise<b
   throw new Error(`${what} did not become ready within ${timeoutMs} ms`)
 }
 
-async function stopChild(child: ChildProcess): Promise<void> {
+async function stopChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-  child.kill('SIGTERM')
+  child.kill(signal)
   const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
   await exited
   clearTimeout(timer)
+}
+
+/** Answers PING with PONG (not LOADING, as Redis does while it replays its append-only file). */
+function redisPong(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ port, host: '127.0.0.1' })
+    let got = ''
+    const done = (ok: boolean) => {
+      s.destroy()
+      resolve(ok)
+    }
+    s.setTimeout(1000, () => done(false))
+    s.once('connect', () => s.write('PING\r\n'))
+    s.on('data', (d: Buffer) => {
+      got += d.toString()
+      if (got.includes('\r\n')) done(got.startsWith('+PONG'))
+    })
+    s.once('error', () => done(false))
+  })
+}
+
+/** A service process this script started: stop it, kill it, and start it again on the same port and data. */
+export interface ServiceProcess {
+  /** e.g. redis://127.0.0.1:PORT or mongodb://127.0.0.1:PORT/ */
+  readonly url: string
+  readonly port: number
+  /** The current process id (a restart changes it); undefined while stopped. */
+  readonly pid: number | undefined
+  readonly running: boolean
+  /** SIGTERM (SIGKILL after 5 s), resolves once it exited. Idempotent. */
+  stop(): Promise<void>
+  /** SIGKILL, resolves once it exited. */
+  kill9(): Promise<void>
+  /** Starts it again with the same arguments (same port, same directory), once ready; stops it first if it runs. */
+  restart(): Promise<void>
+}
+
+interface ServiceSpec {
+  name: string
+  cmd: string
+  args: string[]
+  env?: NodeJS.ProcessEnv
+  /** Log file (appended to across restarts). */
+  log: string
+  url: string
+  port: number
+  ready: () => Promise<boolean>
+  readyTimeoutMs: number
+}
+
+async function startService(spec: ServiceSpec): Promise<ServiceProcess> {
+  let child: ChildProcess | undefined
+  // If this process dies, the service goes with it.
+  const killOnExit = () => {
+    if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  }
+  const launch = async () => {
+    const out = openSync(spec.log, 'a')
+    const started = spawn(spec.cmd, spec.args, { stdio: ['ignore', out, out], env: spec.env ?? process.env })
+    closeSync(out)
+    child = started
+    process.once('exit', killOnExit)
+    started.once('exit', () => process.off('exit', killOnExit))
+    try {
+      await waitFor(spec.name, started, spec.ready, spec.readyTimeoutMs)
+    } catch (err) {
+      await stopChild(started, 'SIGKILL')
+      throw err
+    }
+  }
+  const halt = async (signal: NodeJS.Signals) => {
+    if (child) await stopChild(child, signal)
+  }
+  await launch()
+  return {
+    url: spec.url,
+    port: spec.port,
+    get pid() {
+      return child && child.exitCode === null && child.signalCode === null ? child.pid : undefined
+    },
+    get running() {
+      return Boolean(child && child.exitCode === null && child.signalCode === null)
+    },
+    stop: () => halt('SIGTERM'),
+    kill9: () => halt('SIGKILL'),
+    restart: async () => {
+      await halt('SIGTERM')
+      await launch()
+    }
+  }
+}
+
+/**
+ * Starts Debian's redis-server on 127.0.0.1 (a free port unless given), its files in `dir`.
+ * `appendonly: true` (with fsync on every write) keeps sessions and queues across a restart,
+ * even one after kill -9; the default is a pure in-memory Redis, as for the test suite.
+ */
+export async function startRedis(opts: { dir: string; port?: number; appendonly?: boolean; log?: string }): Promise<ServiceProcess> {
+  const port = opts.port ?? (await freePort())
+  mkdirSync(opts.dir, { recursive: true })
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', opts.appendonly ? 'yes' : 'no']
+  if (opts.appendonly) args.push('--appendfsync', 'always')
+  args.push('--dir', opts.dir)
+  return startService({
+    name: 'redis-server',
+    cmd: 'redis-server',
+    args,
+    log: opts.log ?? join(opts.dir, 'redis.log'),
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    ready: () => redisPong(port),
+    readyTimeoutMs: 10_000
+  })
+}
+
+/** Starts FerretDB (SQLite backend, its files in `dir`) on 127.0.0.1 (a free port unless given); builds it first if needed. */
+export async function startFerretDb(opts: { dir: string; port?: number; log?: string }): Promise<ServiceProcess> {
+  const bin = ensureFerretDb()
+  const port = opts.port ?? (await freePort())
+  const dataDir = opts.dir.endsWith('/') ? opts.dir : `${opts.dir}/`
+  mkdirSync(dataDir, { recursive: true })
+  return startService({
+    name: 'ferretdb',
+    cmd: bin,
+    args: [
+      '--handler=sqlite', `--sqlite-url=file:${dataDir}`, `--listen-addr=127.0.0.1:${port}`,
+      '--telemetry=disable', '--state-dir=-', '--debug-addr=-', '--log-level=warn'
+    ],
+    log: opts.log ?? join(dataDir, '..', `ferretdb-${port}.log`),
+    url: `mongodb://127.0.0.1:${port}/`,
+    port,
+    ready: () => tcpOpen(port),
+    readyTimeoutMs: 20_000
+  })
 }
 
 /** Starts (or reuses, from the environment) Redis, FerretDB and MinIO. */
 export async function startServices(): Promise<RunningServices> {
   const runDir = mkdtempSync(join(tmpdir(), 'parley-services-'))
   const children: ChildProcess[] = []
+  const services: ServiceProcess[] = []
   const report: string[] = []
   const spawnLogged = (name: string, cmd: string, args: string[], env?: NodeJS.ProcessEnv) => {
     const out = openSync(join(runDir, `${name}.log`), 'a')
@@ -184,7 +322,7 @@ export async function startServices(): Promise<RunningServices> {
   process.once('exit', killAll)
 
   const stop = async () => {
-    await Promise.all(children.map(stopChild))
+    await Promise.all([...children.map((c) => stopChild(c)), ...services.map((s) => s.stop())])
     process.off('exit', killAll)
     rmSync(runDir, { recursive: true, force: true })
   }
@@ -198,27 +336,17 @@ export async function startServices(): Promise<RunningServices> {
     if (!redisUrl || !has('mosquitto_pub') || !has('haproxy') || !has('openssl')) ensureAptPackages()
     if (redisUrl) report.push(`redis: given ${redisUrl}`)
     else {
-      const port = await freePort()
-      const child = spawnLogged('redis', 'redis-server', [
-        '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', runDir
-      ])
-      await waitFor('redis-server', child, () => tcpOpen(port), 10_000)
-      redisUrl = `redis://127.0.0.1:${port}`
+      const redis = await startRedis({ dir: runDir, log: join(runDir, 'redis.log') })
+      services.push(redis)
+      redisUrl = redis.url
       report.push(`redis: Debian redis-server on ${redisUrl}`)
     }
 
     if (mongoUrl) report.push('mongo: given in TEST_MONGO_URL')
     else {
-      const bin = ensureFerretDb()
-      const port = await freePort()
-      const dataDir = join(runDir, 'ferretdb') + '/'
-      mkdirSync(dataDir, { recursive: true })
-      const child = spawnLogged('ferretdb', bin, [
-        '--handler=sqlite', `--sqlite-url=file:${dataDir}`, `--listen-addr=127.0.0.1:${port}`,
-        '--telemetry=disable', '--state-dir=-', '--debug-addr=-', '--log-level=warn'
-      ])
-      await waitFor('ferretdb', child, () => tcpOpen(port), 20_000)
-      mongoUrl = `mongodb://127.0.0.1:${port}/`
+      const ferret = await startFerretDb({ dir: join(runDir, 'ferretdb'), log: join(runDir, 'ferretdb.log') })
+      services.push(ferret)
+      mongoUrl = ferret.url
       report.push(`mongo: FerretDB ${FERRETDB_VERSION} (SQLite) on ${mongoUrl}`)
     }
 

@@ -28,6 +28,7 @@
 // publisher connection sending 100-byte messages to `u/target/m` (channel `u/target` for the exact
 // case) in one pipeline; the rate is messages / time until the pipeline's last reply. The
 // subscriber also holds the matching subscription and must receive every message.
+import { isolatedEnv } from '../test/helpers/broker-process.js'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type AddressInfo } from 'node:net'
@@ -108,19 +109,7 @@ async function sample(pid: number, opsPort?: number): Promise<{ rssKiB: number; 
 }
 
 async function startBroker(dataDir: string): Promise<{ child: ChildProcess; tcp: number; ops: number }> {
-  const env: NodeJS.ProcessEnv = {}
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith('PARLEY_') && !['REDIS_URL', 'MONGO_URL', 'S3_ENDPOINT', 'LOG_LEVEL'].includes(k)) env[k] = v
-  }
-  Object.assign(env, {
-    PARLEY_DATA_DIR: dataDir,
-    PARLEY_LISTENERS__TCP__HOST: '127.0.0.1',
-    PARLEY_LISTENERS__TCP__PORT: '0',
-    PARLEY_LISTENERS__WS__ENABLED: 'false',
-    PARLEY_LISTENERS__OPS__HOST: '127.0.0.1',
-    PARLEY_LISTENERS__OPS__PORT: '0',
-    PARLEY_NODE_NAME: 'measure'
-  })
+  const env: NodeJS.ProcessEnv = { ...isolatedEnv(dataDir), PARLEY_LISTENERS__WS__ENABLED: 'false', PARLEY_NODE_NAME: 'measure' }
   if (args.redis) env.REDIS_URL = args.redis
   if (args.plugins === 'bare') Object.assign(env, { PARLEY_PLUGINS: '', PARLEY_MQTT__ALLOW_ANONYMOUS: 'true' })
   else {

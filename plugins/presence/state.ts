@@ -157,13 +157,8 @@ export class RedisPresenceState implements PresenceState {
       if (await this.redis.exists(this.k(`alive:${node}`))) continue
       // One reaper per dead node; the lock expires in case this node dies halfway.
       if ((await this.redis.set(this.k(`reap:${node}`), this.brokerId, 'PX', 30_000, 'NX')) !== 'OK') continue
-      const held = await this.redis.smembers(this.k(`node:${node}`))
-      for (const entry of held) {
-        const [user, device] = entry.split('\0') as [string, string]
-        // Due at once. Last seen comes out as now - graceMs: the node died at least offlineAfterMs ago.
-        await this.redis.eval(REMOVE_DEAD_DEVICE, 2, this.k(`dev:${user}`), this.k('due'), user, device, `${node}|`, now)
-      }
-      await this.redis.multi().del(this.k(`node:${node}`)).srem(this.k('nodes'), node).exec()
+      // Due at once. Last seen comes out as now - graceMs: the node died at least offlineAfterMs ago.
+      await this.reapNode(node, now)
     }
   }
 
@@ -188,16 +183,18 @@ export class RedisPresenceState implements PresenceState {
   }
 
   async leave(now: number): Promise<void> {
-    // Our devices go through the dead-node path of the other nodes: due at once, no liveness wait.
+    // Our devices go through the dead-node path of the other nodes, with the grace period a
+    // leaving device gets (they may be reconnecting elsewhere during a drain).
     await this.redis.del(this.k(`alive:${this.brokerId}`))
-    await this.reapNode(this.brokerId, now)
+    await this.reapNode(this.brokerId, now + this.timing.graceMs)
   }
 
-  private async reapNode(node: string, now: number): Promise<void> {
+  /** Removes a node's devices (only where it still holds them); their users are due at `due`. */
+  private async reapNode(node: string, due: number): Promise<void> {
     const held = await this.redis.smembers(this.k(`node:${node}`))
     for (const entry of held) {
       const [user, device] = entry.split('\0') as [string, string]
-      await this.redis.eval(REMOVE_DEAD_DEVICE, 2, this.k(`dev:${user}`), this.k('due'), user, device, `${node}|`, now + this.timing.graceMs)
+      await this.redis.eval(REMOVE_DEAD_DEVICE, 2, this.k(`dev:${user}`), this.k('due'), user, device, `${node}|`, due)
     }
     await this.redis.multi().del(this.k(`node:${node}`)).srem(this.k('nodes'), node).exec()
   }

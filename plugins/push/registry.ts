@@ -221,17 +221,8 @@ export class SqliteRegistry extends SqliteBacked implements RegistryStore {
   protected override migrate(_db: Database.Database): void {}
 }
 
-interface DeviceDoc {
+interface DeviceDoc extends Registration {
   _id: string
-  user: string
-  device: string
-  provider: ProviderName
-  token: string
-  topic?: string | undefined
-  environment?: 'production' | 'sandbox' | undefined
-  locale?: string | undefined
-  previews: boolean
-  updatedAt: number
 }
 interface MuteDoc {
   _id: string

@@ -1,4 +1,5 @@
 // Helpers shared by the bench scenarios (files starting with "_" are not scenarios).
+import { isolatedEnv } from '../../test/helpers/broker-process.js'
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -99,25 +100,11 @@ export interface Broker {
 /**
  * Starts `parley start` as a child process with its listeners on 127.0.0.1, ports chosen by the OS
  * (read from its 'listening' log lines), and a fresh data directory; resolves when it logs "ready".
- * (test/helpers/broker-process.ts does the same for the tests; it is not imported so that the
- * production build does not pull test code in.)
+ * (Benchmarks are not part of the production build, so the tests' isolated environment is reused.)
  */
 export async function startBroker(options: { args?: string[]; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Broker> {
   const dataDir = mkdtempSync(join(tmpdir(), 'parley-bench-data-'))
-  const env: NodeJS.ProcessEnv = {}
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith('PARLEY_') && !['REDIS_URL', 'MONGO_URL', 'S3_ENDPOINT', 'LOG_LEVEL'].includes(k)) env[k] = v
-  }
-  Object.assign(env, {
-    PARLEY_DATA_DIR: dataDir,
-    PARLEY_LISTENERS__TCP__HOST: '127.0.0.1',
-    PARLEY_LISTENERS__TCP__PORT: '0',
-    PARLEY_LISTENERS__WS__HOST: '127.0.0.1',
-    PARLEY_LISTENERS__WS__PORT: '0',
-    PARLEY_LISTENERS__OPS__HOST: '127.0.0.1',
-    PARLEY_LISTENERS__OPS__PORT: '0',
-    ...options.env
-  })
+  const env: NodeJS.ProcessEnv = { ...isolatedEnv(dataDir), ...options.env }
   const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'scripts', 'parley.ts'), 'start', ...(options.args ?? [])], {
     cwd: ROOT,
     env,

@@ -7,6 +7,7 @@
 // collection, and deadlocks a database at 100 concurrent updates (see boundedPool): the tests keep
 // scans and concurrent operations down, and run one at a time (exclusive). FAULT_VERBOSE=1 prints
 // progress, node metrics and node warnings on stderr.
+import assert from 'node:assert/strict'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -783,4 +784,13 @@ export function watch(ledger: Ledger, devices: readonly ChatDevice[], nodes: rea
 export function report(name: string, t: Tally, extra: Record<string, unknown> = {}): string {
   const { problems, ...counts } = t
   return `${name}: ${JSON.stringify({ ...counts, ...extra, problems: problems.length })}`
+}
+
+/** What every fault test asserts in the end: every send acknowledged, every acknowledged message delivered once, nothing odd. */
+export function assertNothingLost(counts: Tally): void {
+  assert.equal(counts.acknowledged, counts.sent, 'every send acknowledged')
+  assert.equal(counts.lost, 0, 'no acknowledged message lost')
+  assert.equal(counts.delivered, counts.expected)
+  assert.deepEqual(counts.problems, [])
+  assert.equal(counts.packetsBeforeConnack, 0)
 }

@@ -3,9 +3,9 @@
 // (FerretDB's findAndModify is not atomic, so a $inc counter could hand out a number twice).
 // A node keeps the last seq it saw per conversation; when another node got there first the insert
 // fails with E11000, the node rereads the conversation's last seq and tries again.
-// One case leaves a number unused: the same send retried at the same moment on two nodes (one of
-// them claims a seq, then finds the send already stored). Clients treat a seq that sync does not
-// return as skipped.
+// Inserts are ordered: a batch stops at its first failure, so a message never takes seq N+1 while
+// N stays free (an unordered batch could store N+1 after losing N to a send already stored on
+// another node, leaving a hole readers would wait on forever). Seqs therefore have no gaps.
 import { MongoBulkWriteError, type Collection, type Db } from 'mongodb'
 import { newMessageId, type AppendResult, type ConversationKey, type MessageStore, type NewMessage, type StoredMessage } from './store.js'
 
@@ -25,7 +25,7 @@ const toDoc = (m: NewMessage, id: string, seq: number): Doc => {
   return doc
 }
 
-/** How often one message may lose its seq to other nodes before the append gives up. */
+/** How many attempts in a row may store nothing (every number lost to other nodes) before the append gives up. */
 const MAX_ATTEMPTS = 20
 
 export class MongoMessageStore implements MessageStore {
@@ -75,8 +75,8 @@ export class MongoMessageStore implements MessageStore {
       }
     })
 
-    for (let attempt = 1; pending.length; attempt++) {
-      if (attempt > MAX_ATTEMPTS) throw new Error(`could not claim sequence numbers after ${MAX_ATTEMPTS} attempts`)
+    for (let fruitless = 0; pending.length; ) {
+      if (fruitless >= MAX_ATTEMPTS) throw new Error(`could not claim sequence numbers in ${MAX_ATTEMPTS} attempts`)
       const docs: Doc[] = []
       const next = new Map<ConversationKey, number>()
       for (const i of pending) {
@@ -85,9 +85,10 @@ export class MongoMessageStore implements MessageStore {
         next.set(m.conversation, seq)
         docs.push(toDoc(m, newMessageId(m.ts), seq))
       }
-      const failed = new Set<number>()
+      // Every doc before the first failure is stored; it and everything after it are not.
+      let firstFailed = docs.length
       try {
-        await this.col.insertMany(docs, { ordered: false })
+        await this.col.insertMany(docs, { ordered: true })
       } catch (err) {
         if (!(err instanceof MongoBulkWriteError)) {
           this.lastSeqCache.clear()
@@ -95,22 +96,24 @@ export class MongoMessageStore implements MessageStore {
         }
         const raw: unknown = err.writeErrors
         const writeErrors = (Array.isArray(raw) ? raw : [raw]) as Array<{ code: number; index: number }>
-        if (writeErrors.some((e) => e.code !== 11000)) {
+        if (writeErrors.length === 0 || writeErrors.some((e) => e.code !== 11000)) {
           this.lastSeqCache.clear()
           throw err
         }
-        for (const e of writeErrors) failed.add(e.index)
+        firstFailed = Math.min(...writeErrors.map((e) => e.index))
       }
       const retry: number[] = []
       docs.forEach((doc, j) => {
         const i = pending[j]!
-        if (!failed.has(j)) {
+        if (j < firstFailed) {
           results[i] = { message: toMessage(doc), duplicate: false }
           this.lastSeqCache.set(doc.conversation, Math.max(this.lastSeqCache.get(doc.conversation) ?? 0, doc.seq))
         } else retry.push(i)
       })
+      fruitless = firstFailed === 0 ? fruitless + 1 : 0
       if (retry.length) {
-        // Either another node took these numbers, or the same send was stored meanwhile elsewhere.
+        // Either another node took the first failed number, or that send was stored meanwhile
+        // elsewhere; the ones after it were not tried.
         const stored = await this.findExisting(retry.map((i) => batch[i]!))
         pending = []
         for (const i of retry) {

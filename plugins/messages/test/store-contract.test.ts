@@ -166,6 +166,30 @@ for (const make of [sqlite, mongo]) {
       assert.deepEqual(all.map((m) => m.seq), seqs)
     })
 
+    it('leaves no seq unused when the same sends are retried on two nodes at once', async () => {
+      const [a, b] = [await backend.open(), await backend.open()]
+      const conv = groupKey(`retry-race-${randomBytes(3).toString('hex')}`)
+      // Each round: both nodes get the same 10 sends (a retry that reached two nodes), each behind
+      // a message of its own, so a batch can lose a number to the other node's copy of a send.
+      const rounds = 15
+      for (let r = 0; r < rounds; r++) {
+        const shared = Array.from({ length: 10 }, () => msg(conv, 'retrier'))
+        const [fromA, fromB] = await Promise.all([
+          a.append([msg(conv, 'node-a-user'), ...shared]),
+          b.append([msg(conv, 'node-b-user'), ...shared])
+        ])
+        // both nodes answer every shared send with the one stored copy
+        shared.forEach((_, i) => assert.equal(fromA[i + 1]!.message.id, fromB[i + 1]!.message.id))
+      }
+      const stored = await a.after(conv, 0, 1000)
+      assert.equal(stored.length, rounds * 12, 'each shared send stored once, plus each node\'s own')
+      assert.deepEqual(
+        stored.map((m) => m.seq),
+        Array.from({ length: rounds * 12 }, (_, i) => i + 1),
+        'gap-free: readers never wait for a number nobody holds'
+      )
+    })
+
     it('keeps what it stored across a restart', async () => {
       const first = await backend.open()
       const conv = dmKey('frank', `gina${randomBytes(2).toString('hex')}`)

@@ -68,6 +68,7 @@ export function openBackends(config: Config, log: Logger): BackendSet {
     const client = new MongoClient(config.mongo.url, {
       serverSelectionTimeoutMS: 5000,
       connectTimeoutMS: 5000,
+      maxPoolSize: config.mongo.maxPoolSize,
       appName: 'parley'
     })
     const report = errorReporter(log, 'mongo')

@@ -140,6 +140,7 @@ export class BrokerNode {
     const host = new PluginHost({
       log,
       hookTimeoutMs: config.mqtt.hookTimeoutMs,
+      publishTimeoutMs: config.mqtt.publishTimeoutMs,
       allowAnonymous: config.mqtt.allowAnonymous,
       maxRejectionsPerSecond: config.mqtt.maxRejectionsPerSecond,
       onDecision: (hook, plugin, outcome) => metrics.hookDecisions.inc({ hook, plugin, outcome })
@@ -470,6 +471,7 @@ export class BrokerNode {
       log: this.log.child({ plugin: plugin.name }),
       brokerId: this.brokerId,
       hookTimeoutMs: this.config.mqtt.hookTimeoutMs,
+      publishTimeoutMs: this.config.mqtt.publishTimeoutMs,
       dataDir: resolve(this.config.dataDir),
       backends: this.backends!.backends,
       metrics: this.pluginMetrics(),

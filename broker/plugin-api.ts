@@ -172,8 +172,14 @@ export interface PluginContext<Config = unknown> {
   /** This plugin's section of the configuration, validated by its schema. */
   readonly config: Config
   readonly log: Logger
-  /** How long a decision hook (connect, authenticate, authorize*) may take before it is denied. */
+  /** How long a decision hook (connect, authenticate, authorizeSubscribe) may take before it is denied. */
   readonly hookTimeoutMs: number
+  /**
+   * How long authorizePublish may take before the publisher is disconnected without a PUBACK. It is
+   * longer than hookTimeoutMs because a publish check may store the message: while the store is
+   * slow, publishers wait (their sockets are not read) instead of being disconnected and resending.
+   */
+  readonly publishTimeoutMs: number
   /** The unique id of this broker process (changes at every start). */
   readonly brokerId: string
   /** Directory where embedded stores keep their files. */

@@ -168,6 +168,8 @@ interface Registered<K extends HookName> {
 export interface PluginHostOptions {
   log: Logger
   hookTimeoutMs: number
+  /** The time limit of authorizePublish handlers (they may store the message: a slow store holds the publisher). */
+  publishTimeoutMs: number
   allowAnonymous: boolean
   /** Rejected publishes per client and second before the client is disconnected instead of answered. */
   maxRejectionsPerSecond: number
@@ -316,7 +318,8 @@ export class PluginHost {
   /** Runs one handler of a decision hook within the timeout; a throw or a timeout is counted, logged and rethrown. */
   private async ask<T>(hook: HookName, plugin: string, work: () => Awaitable<T>): Promise<T> {
     try {
-      return await withTimeout(work(), this.opts.hookTimeoutMs, `${plugin}.${hook}`)
+      const timeoutMs = hook === 'authorizePublish' ? this.opts.publishTimeoutMs : this.opts.hookTimeoutMs
+      return await withTimeout(work(), timeoutMs, `${plugin}.${hook}`)
     } catch (err) {
       this.fail(hook, plugin, err)
       throw err

@@ -124,7 +124,12 @@ export const ConfigSchema = z
           .describe('QoS 1 messages queued per persistent session at most (0: no limit); newer ones are not queued (devices sync)'),
         hookTimeoutMs: int(10, 120_000)
           .default(5000)
-          .describe('Longest a plugin may take to answer a connect or authorize hook before it is denied'),
+          .describe('Longest a plugin may take to answer a connect, authenticate or subscribe hook before it is denied'),
+        publishTimeoutMs: int(10, 120_000)
+          .default(20_000)
+          .describe(
+            "Longest the publish checks may take (storing a chat message included) before the publisher is disconnected without a PUBACK. A slow store holds publishers this long instead (back-pressure); keep it below clients' keepalive"
+          ),
         allowAnonymous: flag
           .default(false)
           .describe('Accept connections that no authentication plugin vouches for (development only)')
@@ -147,7 +152,16 @@ export const ConfigSchema = z
           z.url({ protocol: /^mongodb(\+srv)?$/, error: 'expected a mongodb:// URL' }).optional(),
           'MongoDB URL; when set, stores use MongoDB'
         ),
-        database: z.string().min(1).default('parley').describe('Database name')
+        database: z.string().min(1).default('parley').describe('Database name'),
+        maxPoolSize: z
+          .number()
+          .int()
+          .min(1)
+          .max(1000)
+          .default(25)
+          .describe(
+            'Connections to MongoDB per node at most (overrides maxPoolSize in the URL). FerretDB 1.24 deadlocks a database at about 100 concurrent updates, so keep nodes x this below 100 there; raise it on MongoDB'
+          )
       })
       .strict()
       .prefault({}),

@@ -24,7 +24,7 @@ export const LimitsConfig = z
         burstMessages: z.number().positive().default(50),
         bytesPerSecond: z.number().positive().default(256 * 1024),
         burstBytes: z.number().positive().default(1024 * 1024),
-        /** Longest a QoS 1/2 publish over the rate is held before it is rejected; keep it below mqtt.hookTimeoutMs. */
+        /** Longest a QoS 1/2 publish over the rate is held before it is rejected; keep it below mqtt.publishTimeoutMs. */
         maxDelayMs: z.number().int().min(0).max(60_000).default(2000)
       })
       .strict()
@@ -70,10 +70,10 @@ export default definePlugin({
     const perIp = new Map<string, TokenBucket>()
     const hits = ctx.metrics.counter({ name: 'limits_hits_total', help: 'Limits enforced, by limit', labelNames: ['limit'] })
     const hit = (limit: string) => hits.inc({ limit })
-    // A hold longer than the hook timeout would fail closed and disconnect: stay below it.
-    const maxHoldMs = Math.min(c.publish.maxDelayMs, Math.max(ctx.hookTimeoutMs - 500, 0))
+    // A hold longer than the publish timeout would fail closed and disconnect: stay below it.
+    const maxHoldMs = Math.min(c.publish.maxDelayMs, Math.max(ctx.publishTimeoutMs - 500, 0))
     if (maxHoldMs < c.publish.maxDelayMs) {
-      ctx.log.warn({ maxDelayMs: c.publish.maxDelayMs, hookTimeoutMs: ctx.hookTimeoutMs, used: maxHoldMs }, 'publish.maxDelayMs capped below mqtt.hookTimeoutMs')
+      ctx.log.warn({ maxDelayMs: c.publish.maxDelayMs, publishTimeoutMs: ctx.publishTimeoutMs, used: maxHoldMs }, 'publish.maxDelayMs capped below mqtt.publishTimeoutMs')
     }
 
     const stateOf = (client: Client): ClientState => {

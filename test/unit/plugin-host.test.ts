@@ -24,6 +24,7 @@ function newHost(opts: Partial<ConstructorParameters<typeof PluginHost>[0]> = {}
   const host = new PluginHost({
     log,
     hookTimeoutMs: 200,
+    publishTimeoutMs: 400,
     allowAnonymous: true,
     maxRejectionsPerSecond: 10,
     onDecision: (hook, plugin, outcome) => decisions.push(`${hook}:${plugin}:${outcome}`),
@@ -271,7 +272,17 @@ describe('authorize chains', () => {
     await assert.rejects(host.runAuthorizePublish(client(), packet('t')), /store unavailable/)
     const slow = newHost()
     slow.host.add('slow', 'authorizePublish', () => new Promise(() => undefined))
-    await assert.rejects(slow.host.runAuthorizePublish(client(), packet('t')), /did not answer within 200 ms/)
+    await assert.rejects(slow.host.runAuthorizePublish(client(), packet('t')), /did not answer within 400 ms/)
+  })
+
+  it('publish: the check has publishTimeoutMs, longer than the other hooks (a slow store holds, not disconnects)', async () => {
+    const { host, decisions } = newHost()
+    // 300 ms: over hookTimeoutMs (200), under publishTimeoutMs (400)
+    host.add('store', 'authorizePublish', () => new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 300)))
+    assert.equal(await host.runAuthorizePublish(client(), packet('t')), undefined, 'answered, not timed out')
+    host.add('store', 'authorizeSubscribe', () => new Promise<null>((resolve) => setTimeout(() => resolve(null), 300)))
+    assert.equal(await host.runAuthorizeSubscribe(client(), { topic: 't', qos: 1 }), null)
+    assert.deepEqual(decisions, ['authorizeSubscribe:store:timeout'], 'a subscribe check keeps the shorter limit')
   })
 
   it('publish and subscribe: reserved topics are refused before any plugin runs', async () => {

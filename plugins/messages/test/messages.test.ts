@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdtempSync } from 'node:fs'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
+import { Transform } from 'node:stream'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type mqtt from 'mqtt';
@@ -171,11 +172,13 @@ describe('read markers, receipts and unread counts', () => {
   })
 })
 
-/** A TCP proxy to the database that the test can cut and restore: a database outage on demand. */
+/** A TCP proxy to the database that the test can cut and restore, or slow down: a database outage on demand. */
 class Cuttable {
   private server: Server | undefined
   private readonly sockets = new Set<Socket>()
   port = 0
+  /** Each chunk the database answers waits this long (0: none): a slow store. */
+  answerDelayMs = 0
   constructor(private readonly target: { host: string; port: number }) {}
 
   async open(): Promise<void> {
@@ -190,7 +193,10 @@ class Cuttable {
           outbound.destroy()
         })
       }
-      inbound.pipe(outbound).pipe(inbound)
+      const answers = new Transform({
+        transform: (chunk: Buffer, _enc, cb) => (this.answerDelayMs ? setTimeout(() => cb(null, chunk), this.answerDelayMs) : cb(null, chunk))
+      })
+      inbound.pipe(outbound).pipe(answers).pipe(inbound)
     })
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject) // e.g. the port was taken while the proxy was cut
@@ -264,4 +270,37 @@ describe('messages on MongoDB when the database fails', () => {
     sender.client.end(true)
     await within(receiver.client.endAsync(), 5000, 'receiver disconnect')
   })
+
+  it('holds publishers while the store is slower than the hook timeout, instead of disconnecting them', { timeout: 90_000 }, async (tc) => {
+    const receiver = await device(t.mqttUrl, 'hal', 'laptop')
+    const senders = await Promise.all(['jon', 'kim', 'lea'].map((user) => device(t.mqttUrl, user, 'phone', { clean: false, reconnectPeriod: 300 })))
+    let closes = 0
+    for (const s of senders) s.client.on('close', () => closes++)
+    const timeoutsBefore = await hookTimeouts()
+    // Every answer of the database takes 2 s: storing a message (look up the cmid, insert) takes
+    // over 4 s, beyond mqtt.hookTimeoutMs (3 s here) but within mqtt.publishTimeoutMs (20 s).
+    proxy.answerDelayMs = 2000
+    const started = Date.now()
+    try {
+      await within(Promise.all(senders.map((s, i) => s.send('hal', `slow-${i}`, `slow store ${i}`))), 60_000, 'PUBACKs from the slow store')
+    } finally {
+      proxy.answerDelayMs = 0
+    }
+    const elapsed = Date.now() - started
+    assert.equal(closes, 0, 'no publisher was disconnected: they waited for their PUBACK')
+    assert.equal((await hookTimeouts()) - timeoutsBefore, 0, 'no publish check timed out')
+    await eventually(() => receiver.messages.filter((m) => m.body?.startsWith('slow store')).length === 3, 15_000, 'the three messages')
+    assert.equal(new Set(receiver.messages.map((m) => m.id)).size, receiver.messages.length, 'each once')
+    tc.diagnostic(`slow store: 3 sends acknowledged after ${elapsed} ms (hook timeout 3000 ms), 0 disconnects`)
+    await Promise.all([receiver, ...senders].map((d) => within(d.client.endAsync(), 5000, 'disconnect')))
+  })
+
+  /** Hook timeouts so far, from the node's /metrics. */
+  async function hookTimeouts(): Promise<number> {
+    const text = await (await fetch(`http://127.0.0.1:${t.ops}/metrics`)).text()
+    return text
+      .split('\n')
+      .filter((line) => line.startsWith('parley_hook_denials_total{') && line.includes('outcome="timeout"'))
+      .reduce((sum, line) => sum + Number(line.split(' ').pop()), 0)
+  }
 })

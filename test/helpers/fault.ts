@@ -4,7 +4,7 @@
 // ledger of what was sent and acknowledged, and the tally the tests report and assert on.
 //
 // FerretDB, the tests' MongoDB, answers every query except one by _id with a scan of the whole
-// collection, and deadlocks a database at 100 concurrent updates (see boundedPool): the tests keep
+// collection, and deadlocks a database at 100 concurrent updates (the nodes' default `mongo.maxPoolSize` of 25 keeps three below it): the tests keep
 // scans and concurrent operations down, and run one at a time (exclusive). FAULT_VERBOSE=1 prints
 // progress, node metrics and node warnings on stderr.
 import assert from 'node:assert/strict'
@@ -31,19 +31,6 @@ export async function flushRedis(url: string): Promise<void> {
   } finally {
     redis.disconnect()
   }
-}
-
-/**
- * The MongoDB URL with a connection pool of at most `size` per node. FerretDB 1.24 (SQLite) keeps
- * 100 connections per database, and an update holds one (its query) while it waits for a second
- * (its transaction): 100 concurrent updates deadlock that database for good (every later query on
- * it waits for ever). The driver's default pool is 100 per node, so a cluster under load can get
- * there; three nodes x 25 cannot.
- */
-export function boundedPool(url: string, size = 25): string {
-  const u = new URL(url)
-  u.searchParams.set('maxPoolSize', String(size))
-  return u.toString()
 }
 
 export interface ReadyAnswer {

@@ -15,8 +15,8 @@ export interface ConfigProblem {
 
 export type ConfigResult = { ok: true; config: Config } | { ok: false; problems: ConfigProblem[] }
 
-/** Environment variables that are not settings themselves. */
-const NOT_SETTINGS = new Set(['PARLEY_CONFIG'])
+// The config file's location and the admin CLI's own variables (docs/operations.md) are not settings.
+const NOT_SETTINGS = new Set(['PARLEY_CONFIG', 'PARLEY_ADMIN_KEY', 'PARLEY_ADMIN_URL', 'PARLEY_ADMIN_BOOTSTRAP_SECRET'])
 
 type Tree = Record<string, unknown>
 

@@ -14,13 +14,19 @@ import mqemitterRedis from 'mqemitter-redis'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Config } from '../schemas/config.js'
 import { builtinPlugins } from '../plugins/index.js'
+import { AdminApi } from './admin/api.js'
+import { loadBootstrapSecret } from './admin/bootstrap.js'
+import { ClusterQuery } from './admin/cluster-query.js'
+import { registerCoreRoutes } from './admin/core-routes.js'
+import { ApiKeyStore } from './admin/keys.js'
+import type { AdminPersistence, NodeAccess } from './admin/node-access.js'
 import { openBackends, newRedis, type BackendSet } from './backends.js'
 import { ClusterView, type NodeRecord } from './cluster-view.js'
 import { redactConfig } from './config.js'
 import { startMqttListeners, type MqttListener } from './listeners.js'
 import type { Logger } from './logger.js'
 import { limitOfflineQueues, memoryQueueLengths, redisQueueLengths, type QueueLengths, type QueueablePersistence } from './offline-queue.js'
-import { createOpsServer } from './ops-http.js'
+import { createOpsServer, runChecks } from './ops-http.js'
 import { routeByUser } from './routed-emitter.js'
 import type { DeliveryRoute, HookName, ParleyPlugin, PluginContext, PluginMetrics, PublishOptions } from './plugin-api.js'
 import { PluginHost, importPlugins, orderPlugins } from './plugin-host.js'
@@ -89,6 +95,13 @@ export interface BrokerNodeOptions {
   baseDir?: string
   /** Extra plugin modules by name (tests, embedders). */
   extraBuiltins?: Readonly<Record<string, () => Promise<ParleyPlugin>>>
+  /**
+   * Called when an operator drains this node through the admin API; `parley start` stops the
+   * process as on SIGTERM. Without it the node just stops.
+   */
+  onStopRequested?: (reason: string) => void
+  /** The version reported by the admin API. */
+  version?: string
 }
 
 export class BrokerNode {
@@ -112,6 +125,9 @@ export class BrokerNode {
   private clusterView: ClusterView | undefined
   private queueLengths: QueueLengths | undefined
   private readonly startedAt = Date.now()
+  private adminApi: AdminApi | undefined
+  private clusterQuery: ClusterQuery | undefined
+  private adminKeys: ApiKeyStore | undefined
 
   constructor(private readonly opts: BrokerNodeOptions) {
     this.config = opts.config
@@ -170,8 +186,10 @@ export class BrokerNode {
       const nodes = await view.nodes()
       return { self: this.brokerId, nodes, clients: nodes.reduce((n, x) => n + x.clients, 0) }
     })
+    this.startAdmin()
 
     await host.registerAll(loaded, (plugin, pluginConfig) => this.contextFor(plugin, pluginConfig))
+    if (config.admin.enabled) this.adminApi!.mount(this.ops)
 
     if (config.listeners.ops.enabled) {
       await this.ops.listen({ host: config.listeners.ops.host, port: config.listeners.ops.port })
@@ -187,11 +205,70 @@ export class BrokerNode {
     this.wireEvents(this.aedes, host, metrics)
     await this.listenForDeliveries(this.aedes)
     await this.listenOnClusterChannels(this.aedes)
+    await this.clusterQuery!.start((this.aedes as unknown as AedesInternals).mq)
 
     this.listeners = await startMqttListeners(config, this.aedes.handle, log)
     this.accepting = true
     this.clusterView.start()
     log.info({ plugins: host.order, cluster: Boolean(config.redis.url) }, 'ready')
+  }
+
+  /**
+   * The admin API (broker/admin/): key store, cluster-wide queries, core routes. Plugins add their
+   * routes during register(); the API is served once they have (mount).
+   */
+  private startAdmin(): void {
+    const { config, log } = this
+    const keys = new ApiKeyStore({ mongo: this.backends!.backends.mongo, dataDir: resolve(config.dataDir) })
+    this.adminKeys = keys
+    // MongoDB may be unreachable at start: the key store initialises in the background, and the
+    // admin API answers 503 (unavailable) until it has.
+    const keysReady = keys.init()
+    keysReady.catch((err: unknown) => log.warn({ err }, 'admin key store not initialised'))
+    this.adminApi = new AdminApi({
+      log: log.child({ component: 'admin' }),
+      keys,
+      bootstrapSecret: config.admin.enabled ? loadBootstrapSecret(config, { create: true }) : undefined,
+      keysReady: () => keysReady
+    })
+    this.clusterQuery = new ClusterQuery({
+      brokerId: this.brokerId,
+      log,
+      timeoutMs: config.admin.queryTimeoutMs,
+      nodes: async () => (await this.clusterView!.nodes()).map((n) => n.brokerId)
+    })
+    registerCoreRoutes(this.adminApi, this.clusterQuery, this.nodeAccess(), keys)
+  }
+
+  private nodeAccess(): NodeAccess {
+    const internals = () => this.requireAedes() as unknown as AedesInternals
+    return {
+      brokerId: this.brokerId,
+      config: this.config,
+      registry: this.registry,
+      version: this.opts.version ?? 'unknown',
+      aedes: () => this.requireAedes(),
+      clients: () => internals().clients,
+      persistence: () => {
+        if (!this.persistence) throw new Error('the broker is not started yet')
+        return this.persistence as unknown as AdminPersistence
+      },
+      queueLengths: () => this.queueLengths,
+      host: () => this.host!,
+      nodes: () => this.clusterView!.nodes(),
+      readiness: async () => {
+        const checks = await runChecks(this.readinessChecks())
+        return { ready: this.accepting && Object.values(checks).every((c) => c.ok), checks }
+      },
+      requestStop: (reason) => {
+        this.log.warn({ reason }, 'drain requested through the admin API')
+        // After this answer has gone out.
+        setImmediate(() => {
+          if (this.opts.onStopRequested) this.opts.onStopRequested(reason)
+          else void this.stop()
+        })
+      }
+    }
   }
 
   private aedesOptions(host: PluginHost): AedesOptions {
@@ -482,6 +559,11 @@ export class BrokerNode {
         this.ops!.route(options)
       },
       cluster: this.clusterChannel(plugin.name),
+      admin: {
+        route: (route) => this.adminApi!.route(route),
+        handle: (name, handler) => this.clusterQuery!.handle(`${plugin.name}.${name}`, handler),
+        ask: (name, args, options) => this.clusterQuery!.ask(`${plugin.name}.${name}`, args, options)
+      },
       readiness: (name, check) => {
         this.extraChecks.set(`${plugin.name}:${name}`, check)
       },
@@ -576,6 +658,7 @@ export class BrokerNode {
     if (persistence) await persistence.destroy().catch((err: unknown) => log.warn({ err }, 'persistence destroy failed'))
     log.debug('stop: persistence destroyed')
     for (const c of this.clusterRedis) c.disconnect()
+    await this.adminKeys?.close().catch(() => undefined)
     await this.backends?.close()
     log.debug('stop: backends closed')
     await this.ops?.close()

@@ -15,7 +15,19 @@ import type { Client as MinioClient } from 'minio'
 import type { Db } from 'mongodb'
 import type { Counter, CounterConfiguration, Gauge, GaugeConfiguration, Histogram, HistogramConfiguration, Registry } from 'prom-client'
 import type { z } from 'zod'
+import type { AdminRoute } from './admin/api.js'
+import type { GatherResult } from './admin/cluster-query.js'
 import type { Logger } from './logger.js'
+
+/** What a plugin declares on the admin API (docs/operations.md). */
+export interface AdminContext {
+  /** Adds a route below /admin/v1 (during register()). */
+  route<P extends z.ZodType, Q extends z.ZodType, B extends z.ZodType, R extends z.ZodType>(route: AdminRoute<P, Q, B, R>): void
+  /** Answers the cluster-wide admin query `name` (scoped to this plugin) on this node (during register()). */
+  handle(name: string, handler: (args: unknown) => Promise<unknown>): void
+  /** Asks every live node (or only `node`) the query `name` of this plugin; waits at most admin.queryTimeoutMs. */
+  ask<T>(name: string, args: unknown, options?: { node?: string }): Promise<GatherResult<T>>
+}
 
 export type Awaitable<T> = T | Promise<T>
 
@@ -196,6 +208,8 @@ export interface PluginContext<Config = unknown> {
   route(options: RouteOptions): void
   /** Messages between the nodes of the cluster (every node, this one included), scoped to this plugin. */
   readonly cluster: ClusterChannel
+  /** The admin API: routes and cluster-wide queries. */
+  readonly admin: AdminContext
   /** Add a readiness check: /readyz fails while it throws. */
   readiness(name: string, check: () => Promise<void>): void
   /** Who a connected client is (set by the authenticate chain). */

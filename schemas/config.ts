@@ -186,6 +186,24 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    admin: z
+      .object({
+        enabled: flag.default(true).describe('Serve the admin API (/admin/v1) on the operations listener'),
+        bootstrapSecret: secret(
+          z.string().min(32, { error: 'expected at least 32 characters' }).optional(),
+          'Creates and revokes admin API keys (parley admin keys); when unset, one is generated in the data directory'
+        ),
+        bootstrapSecretFile: z
+          .string()
+          .min(1)
+          .default('admin-bootstrap-secret')
+          .describe('File of the bootstrap secret when bootstrapSecret is unset (relative to dataDir; generated if missing)'),
+        queryTimeoutMs: int(100, 60_000)
+          .default(3000)
+          .describe('How long a cluster-wide admin request waits for the other nodes before answering with what it has')
+      })
+      .strict()
+      .prefault({}),
     shutdown: z
       .object({
         timeoutMs: int(100, 600_000).default(30_000).describe('Longest graceful stop before the process exits anyway'),

@@ -9,6 +9,7 @@ import { BrokerNode } from '../broker/node.js'
 import type { Config } from '../schemas/config.js'
 import { mintDeviceToken } from '../plugins/auth-jwt/mint.js'
 import { adminPushTest } from '../plugins/push/admin.js'
+import { registerAdminCommands } from './admin/index.js'
 
 /** Exit codes, documented in the README. */
 export const EXIT = { ok: 0, failure: 1, usage: 2, config: 78 } as const
@@ -26,7 +27,14 @@ function configOrExit(file: string | undefined): { config: Config; baseDir: stri
 async function start(options: { config?: string }): Promise<void> {
   const { config, baseDir } = configOrExit(options.config)
   const log = createLogger(config.log.level)
-  const node = new BrokerNode({ config, log, baseDir })
+  const node = new BrokerNode({
+    config,
+    log,
+    baseDir,
+    version: packageVersion(),
+    // Drained through the admin API: stop as on SIGTERM (drain, stop, exit 0).
+    onStopRequested: () => onSignal('SIGTERM')
+  })
 
   let signals = 0
   const onSignal = (signal: NodeJS.Signals) => {
@@ -106,7 +114,10 @@ export function buildProgram(): Command {
       }
     })
 
-  const admin = program.command('admin').description('operate a running node through its operations listener')
+  const admin = program
+    .command('admin')
+    .description('operate a running cluster through the admin API of a node (docs/operations.md)')
+  registerAdminCommands(admin)
   admin
     .command('push')
     .description('push notifications')

@@ -17,7 +17,7 @@ import { builtinPlugins } from '../plugins/index.js'
 import { AdminApi } from './admin/api.js'
 import { loadBootstrapSecret } from './admin/bootstrap.js'
 import { ClusterQuery } from './admin/cluster-query.js'
-import { registerCoreRoutes } from './admin/core-routes.js'
+import { registerCoreRoutes, UserFacets } from './admin/core-routes.js'
 import { ApiKeyStore } from './admin/keys.js'
 import type { AdminPersistence, NodeAccess } from './admin/node-access.js'
 import { openBackends, newRedis, type BackendSet } from './backends.js'
@@ -128,6 +128,7 @@ export class BrokerNode {
   private adminApi: AdminApi | undefined
   private clusterQuery: ClusterQuery | undefined
   private adminKeys: ApiKeyStore | undefined
+  private readonly userFacets = new UserFacets()
 
   constructor(private readonly opts: BrokerNodeOptions) {
     this.config = opts.config
@@ -237,7 +238,7 @@ export class BrokerNode {
       timeoutMs: config.admin.queryTimeoutMs,
       nodes: async () => (await this.clusterView!.nodes()).map((n) => n.brokerId)
     })
-    registerCoreRoutes(this.adminApi, this.clusterQuery, this.nodeAccess(), keys)
+    registerCoreRoutes(this.adminApi, this.clusterQuery, this.nodeAccess(), keys, this.userFacets)
   }
 
   private nodeAccess(): NodeAccess {
@@ -562,7 +563,8 @@ export class BrokerNode {
       admin: {
         route: (route) => this.adminApi!.route(route),
         handle: (name, handler) => this.clusterQuery!.handle(`${plugin.name}.${name}`, handler),
-        ask: (name, args, options) => this.clusterQuery!.ask(`${plugin.name}.${name}`, args, options)
+        ask: (name, args, options) => this.clusterQuery!.ask(`${plugin.name}.${name}`, args, options),
+        userFacet: (name, describe) => this.userFacets.add(name, describe)
       },
       readiness: (name, check) => {
         this.extraChecks.set(`${plugin.name}:${name}`, check)

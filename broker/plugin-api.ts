@@ -27,6 +27,12 @@ export interface AdminContext {
   handle(name: string, handler: (args: unknown) => Promise<unknown>): void
   /** Asks every live node (or only `node`) the query `name` of this plugin; waits at most admin.queryTimeoutMs. */
   ask<T>(name: string, args: unknown, options?: { node?: string }): Promise<GatherResult<T>>
+  /**
+   * Adds a section to `GET /admin/v1/users/:user` (parley admin users show): what this plugin knows
+   * about the user (its groups, presence, push devices...). Called once per request, on the node
+   * answering; a throw shows as { error } in that section.
+   */
+  userFacet(name: string, describe: (user: string) => Promise<unknown>): void
 }
 
 export type Awaitable<T> = T | Promise<T>

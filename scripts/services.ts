@@ -269,7 +269,8 @@ async function startService(spec: ServiceSpec): Promise<ServiceProcess> {
 export async function startRedis(opts: { dir: string; port?: number; appendonly?: boolean; log?: string }): Promise<ServiceProcess> {
   const port = opts.port ?? (await freePort())
   mkdirSync(opts.dir, { recursive: true })
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', opts.appendonly ? 'yes' : 'no']
+  // 64 databases: test files each take their own (test/helpers/services.ts redisDb).
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', opts.appendonly ? 'yes' : 'no', '--databases', '64']
   if (opts.appendonly) args.push('--appendfsync', 'always')
   args.push('--dir', opts.dir)
   return startService({

@@ -6,6 +6,34 @@ import { AdminError, type AdminApi } from './api.js'
 import type { ClusterQuery } from './cluster-query.js'
 import { ApiKeyInfo, Scope, type ApiKeyStore } from './keys.js'
 import type { NodeAccess } from './node-access.js'
+import { registerMetricsRoutes } from './metrics-routes.js'
+import { registerSessionRoutes } from './session-routes.js'
+
+/** The sections of `GET /users/:user`, contributed by plugins (AdminContext.userFacet). */
+export class UserFacets {
+  private readonly facets = new Map<string, (user: string) => Promise<unknown>>()
+  add(name: string, describe: (user: string) => Promise<unknown>): void {
+    if (this.facets.has(name) || name === 'user' || name === 'clients') throw new Error(`user facet "${name}" is declared twice or reserved`)
+    this.facets.set(name, describe)
+  }
+  async describe(user: string): Promise<Record<string, unknown>> {
+    const entries = await Promise.all(
+      [...this.facets].map(async ([name, describe]) => {
+        try {
+          return [name, await describe(user)] as const
+        } catch (err) {
+          return [name, { error: (err as Error).message }] as const
+        }
+      })
+    )
+    return Object.fromEntries(entries)
+  }
+}
+
+const UserId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, { error: 'expected 1-64 characters of A-Z a-z 0-9 _ -' })
+
+/** A connected client as the user view lists it. */
+const UserClient = z.object({ clientId: z.string(), node: z.string(), connectedAt: z.number().int().optional(), address: z.string().optional() })
 
 const DURATION = /^(\d+)(s|m|h|d)$/
 const durationMs = (text: string) => {
@@ -32,7 +60,10 @@ const NodeReadiness = z.object({
   checks: z.record(z.string(), z.object({ ok: z.boolean(), ms: z.number(), error: z.string().optional() }))
 })
 
-export function registerCoreRoutes(api: AdminApi, query: ClusterQuery, node: NodeAccess, keys: ApiKeyStore): void {
+export function registerCoreRoutes(api: AdminApi, query: ClusterQuery, node: NodeAccess, keys: ApiKeyStore, facets: UserFacets): void {
+  registerSessionRoutes(api, query, node)
+  registerMetricsRoutes(api, query, node)
+
   // ---- keys -------------------------------------------------------------------------------
   api.route({
     method: 'POST',
@@ -152,6 +183,38 @@ export function registerCoreRoutes(api: AdminApi, query: ClusterQuery, node: Nod
       if (!reply) throw new AdminError('unavailable', `${target.brokerId} did not answer within ${node.config.admin.queryTimeoutMs} ms`)
       if (!reply.ok || !reply.result) throw new AdminError('internal', reply.error ?? 'drain failed')
       return reply.result
+    }
+  })
+
+  // ---- users: the core part (connected clients) and every plugin's facet ----------------------
+  query.handle('core.userClients', async (args) => {
+    const { user } = z.object({ user: UserId }).parse(args)
+    const prefix = `${user}:`
+    return Object.values(node.clients())
+      .filter((c) => c && !c.closed && c.id?.startsWith(prefix))
+      .map((c) => {
+        const conn = (c as unknown as { conn?: { remoteAddress?: string }; req?: { socket?: { remoteAddress?: string } } })
+        const address = conn.conn?.remoteAddress ?? conn.req?.socket?.remoteAddress
+        return { clientId: c!.id, node: node.brokerId, ...(address ? { address } : {}) }
+      })
+  })
+  api.route({
+    method: 'GET',
+    path: '/users/:user',
+    tag: 'users',
+    scope: 'read',
+    summary: 'A user: connected clients on every node, and what each plugin knows (devices, groups, presence, last seen...)',
+    params: z.object({ user: UserId }),
+    response: z.object({
+      user: z.string(),
+      clients: z.array(UserClient),
+      missing: z.array(z.string()).describe('nodes that did not answer within admin.queryTimeoutMs'),
+      facets: z.record(z.string(), z.unknown())
+    }),
+    handler: async ({ params }) => {
+      const [gathered, described] = await Promise.all([query.ask<Array<z.infer<typeof UserClient>>>('core.userClients', { user: params.user }), facets.describe(params.user)])
+      const clients = gathered.answers.flatMap((a) => (a.ok && a.result ? a.result : [])).sort((a, b) => a.clientId.localeCompare(b.clientId))
+      return { user: params.user, clients, missing: gathered.missing, facets: described }
     }
   })
 

@@ -2,6 +2,7 @@
 // .remove, .promote, .leave). Admins manage; a group holds at most `maxMembers`. Every change is
 // an event on each member's tree (u/{userId}/e, also to those removed), and the protocol plugin's
 // membership cache is invalidated on every node. The protocol asks this store who is a member.
+// Operators manage groups through the admin API (admin.ts) with the same effects, as `systemUser`.
 import { randomBytes } from 'node:crypto'
 import { z } from 'zod'
 import { definePlugin } from '../../broker/plugin-api.js'
@@ -9,12 +10,17 @@ import { Id } from '../../schemas/identity.js'
 import { DOWN, type Notice } from '../../schemas/protocol.js'
 import { RpcError } from '../protocol/index.js'
 import { chooseStore, initInBackground } from '../shared/stores.js'
+import { registerGroupsAdmin } from './admin.js'
+import { ChangeRefused, type GroupOps } from './ops.js'
 import { MongoGroupStore, SqliteGroupStore, type Group, type GroupStore } from './store.js'
 
 export const GroupsConfig = z
   .object({
     maxMembers: z.number().int().min(2).max(100_000).default(1024),
-    store: z.enum(['auto', 'embedded', 'mongo']).default('auto')
+    store: z.enum(['auto', 'embedded', 'mongo']).default('auto'),
+    systemUser: Id.default('parley').describe(
+      'The service\'s own user id: `by` of group changes made through the admin API, and sender of operator notices. Reserved: it takes no messages and joins no group'
+    )
   })
   .strict()
 
@@ -25,7 +31,12 @@ export interface GroupsApi {
   groupsOf(userId: string): Promise<Array<{ id: string; name: string; role: 'admin' | 'member' }>>
   /** Calls `listener` after each change, on the node that made it (messages records system notices). */
   onChange(listener: (group: string, change: GroupChange) => Promise<void>): void
+  /** A group with its members, or undefined when there is no such group (no membership check). */
+  get(groupId: string): Promise<Group | undefined>
+  /** The service's own user id (config `systemUser`): operators act as it, notices come from it. */
+  readonly systemUser: string
 }
+
 
 /** A change of a group, as its event and system notice tell it. */
 export type GroupChange = Notice
@@ -68,6 +79,52 @@ export default definePlugin({
       }
     }
 
+    // Devices recognise the service's notices by their sender: no member may share its id.
+    const refuseReserved = (users: readonly string[]) => {
+      if (users.includes(config.systemUser)) throw new ChangeRefused('reserved', `${config.systemUser} is the service's own user id (groups.systemUser): it cannot be a member`)
+    }
+    const ops: GroupOps = {
+      store: initialised,
+      create: async (by, owner, name, wanted) => {
+        const s = await initialised()
+        const members = [...new Set(wanted.filter((u) => u !== owner))]
+        refuseReserved([owner, ...members])
+        if (members.length + 1 > config.maxMembers) throw new ChangeRefused('limit', `a group holds at most ${config.maxMembers} members`)
+        const group = await s.create({ id: randomBytes(8).toString('hex'), name, createdBy: owner, createdAt: Date.now(), members })
+        await announce(group.id, { change: 'created', by, name: group.name, users: group.members.map((m) => m.user) })
+        return group
+      },
+      add: async (by, group, users) => {
+        const s = await initialised()
+        const fresh = [...new Set(users)].filter((u) => !group.members.some((m) => m.user === u))
+        refuseReserved(fresh)
+        if (group.members.length + fresh.length > config.maxMembers) {
+          throw new ChangeRefused('limit', `a group holds at most ${config.maxMembers} members (it has ${group.members.length})`)
+        }
+        const added = await s.add(group.id, fresh, Date.now())
+        if (added.length) await announce(group.id, { change: 'added', by, users: added })
+        return added
+      },
+      remove: async (by, groupId, user) => {
+        if (!(await (await initialised()).remove(groupId, user))) return false
+        await announce(groupId, { change: 'removed', by, users: [user] }, [user])
+        return true
+      },
+      ensureAdmin: async (by, groupId) => {
+        const s = await initialised()
+        const rest = (await s.get(groupId))?.members ?? []
+        const heir = rest.length && !rest.some((m) => m.role === 'admin') ? rest[0]!.user : undefined
+        if (!heir) return undefined
+        await s.setRole(groupId, heir, 'admin')
+        await announce(groupId, { change: 'promoted', by, users: [heir] })
+        return heir
+      }
+    }
+    const limited = async <T>(work: Promise<T>): Promise<T> =>
+      work.catch((err: unknown) => {
+        throw err instanceof ChangeRefused ? new RpcError('invalid_params', err.message) : err
+      })
+
     const load = async (groupId: string, userId: string): Promise<{ s: GroupStore; group: Group; admin: boolean }> => {
       const s = await initialised()
       const group = await s.get(groupId)
@@ -81,14 +138,7 @@ export default definePlugin({
 
     protocol.registerMethod('groups.create', {
       params: z.object({ name: Name, members: z.array(Id).max(config.maxMembers).default([]) }).strict(),
-      handler: async (device, p) => {
-        const s = await initialised()
-        const members = [...new Set(p.members.filter((u) => u !== device.userId))]
-        if (members.length + 1 > config.maxMembers) throw new RpcError('invalid_params', `a group holds at most ${config.maxMembers} members`)
-        const group = await s.create({ id: randomBytes(8).toString('hex'), name: p.name, createdBy: device.userId, createdAt: Date.now(), members })
-        await announce(group.id, { change: 'created', by: device.userId, name: group.name, users: group.members.map((m) => m.user) })
-        return group
-      }
+      handler: async (device, p) => limited(ops.create(device.userId, device.userId, p.name, p.members))
     })
 
     protocol.registerMethod('groups.get', {
@@ -115,26 +165,19 @@ export default definePlugin({
     protocol.registerMethod('groups.add', {
       params: z.object({ group: Id, users: z.array(Id).min(1).max(config.maxMembers) }).strict(),
       handler: async (device, p) => {
-        const { s, group, admin } = await load(p.group, device.userId)
+        const { group, admin } = await load(p.group, device.userId)
         requireAdmin(admin, p.group)
-        const fresh = [...new Set(p.users)].filter((u) => !group.members.some((m) => m.user === u))
-        if (group.members.length + fresh.length > config.maxMembers) {
-          throw new RpcError('invalid_params', `a group holds at most ${config.maxMembers} members (it has ${group.members.length})`)
-        }
-        const added = await s.add(p.group, fresh, Date.now())
-        if (added.length) await announce(p.group, { change: 'added', by: device.userId, users: added })
-        return { added }
+        return { added: await limited(ops.add(device.userId, group, p.users)) }
       }
     })
 
     protocol.registerMethod('groups.remove', {
       params: z.object({ group: Id, user: Id }).strict(),
       handler: async (device, p) => {
-        const { s, admin } = await load(p.group, device.userId)
+        const { admin } = await load(p.group, device.userId)
         requireAdmin(admin, p.group)
         if (p.user === device.userId) throw new RpcError('invalid_params', 'use groups.leave to leave a group')
-        if (!(await s.remove(p.group, p.user))) throw new RpcError('invalid_params', `${p.user} is not a member`)
-        await announce(p.group, { change: 'removed', by: device.userId, users: [p.user] }, [p.user])
+        if (!(await ops.remove(device.userId, p.group, p.user))) throw new RpcError('invalid_params', `${p.user} is not a member`)
         return { ok: true }
       }
     })
@@ -166,6 +209,8 @@ export default definePlugin({
       }
     })
 
+    registerGroupsAdmin(ctx, ops)
+
     ctx.hook('shutdown', async () => {
       await store.close()
     })
@@ -175,7 +220,9 @@ export default definePlugin({
       groupsOf: async (userId) => (await initialised()).groupsOf(userId),
       onChange: (listener) => {
         listeners.push(listener)
-      }
+      },
+      get: async (groupId) => (await initialised()).get(groupId),
+      systemUser: config.systemUser
     }
   }
 })

@@ -18,6 +18,22 @@ export interface Group {
   members: Member[]
 }
 
+/** A group without its member list: what an operator's listing shows. */
+export interface GroupSummary {
+  id: string
+  name: string
+  createdBy: string
+  createdAt: number
+  /** How many members it has. */
+  members: number
+}
+
+/** Where a listing of every group resumes: after this group, in creation order. */
+export interface ListPosition {
+  createdAt: number
+  id: string
+}
+
 export interface GroupStore {
   init(): Promise<void>
   /** Creates a group whose creator is its first admin. */
@@ -34,6 +50,10 @@ export interface GroupStore {
   members(id: string): Promise<string[]>
   /** The groups a user belongs to. */
   groupsOf(user: string): Promise<Array<{ id: string; name: string; role: Role }>>
+  /** Every group, oldest first (then by id), after `after`, at most `limit` (admin listings). */
+  list(limit: number, after?: ListPosition): Promise<GroupSummary[]>
+  /** Summaries of these groups, in the order given; unknown ids are left out. */
+  summaries(ids: readonly string[]): Promise<GroupSummary[]>
   close(): Promise<void>
 }
 
@@ -44,6 +64,7 @@ const SQLITE_SCHEMA = `
         PRIMARY KEY (group_id, user_id)
       );
       CREATE INDEX IF NOT EXISTS group_members_user ON group_members (user_id);
+      CREATE INDEX IF NOT EXISTS groups_created ON groups (created_at, id);
     `
 
 export class SqliteGroupStore extends SqliteBacked implements GroupStore {
@@ -108,6 +129,22 @@ export class SqliteGroupStore extends SqliteBacked implements GroupStore {
       .all(user)
   }
 
+  private static readonly SUMMARY = `SELECT g.id AS id, g.name AS name, g.created_by AS createdBy, g.created_at AS createdAt,
+      (SELECT COUNT(*) FROM group_members m WHERE m.group_id = g.id) AS members FROM groups g`
+
+  async list(limit: number, after?: ListPosition): Promise<GroupSummary[]> {
+    const from = after ?? { createdAt: -1, id: '' }
+    return this.conn
+      .prepare<[number, number, string, number], GroupSummary>(
+        `${SqliteGroupStore.SUMMARY} WHERE g.created_at > ? OR (g.created_at = ? AND g.id > ?) ORDER BY g.created_at, g.id LIMIT ?`
+      )
+      .all(from.createdAt, from.createdAt, from.id, limit)
+  }
+
+  async summaries(ids: readonly string[]): Promise<GroupSummary[]> {
+    const one = this.conn.prepare<[string], GroupSummary>(`${SqliteGroupStore.SUMMARY} WHERE g.id = ?`)
+    return ids.map((id) => one.get(id)).filter((g): g is GroupSummary => g !== undefined)
+  }
 }
 
 interface GroupDoc {
@@ -137,6 +174,7 @@ export class MongoGroupStore implements GroupStore {
   async init(): Promise<void> {
     await this.memberships.createIndex({ group: 1, seq: 1 }, { name: 'group_seq' })
     await this.memberships.createIndex({ user: 1 }, { name: 'user' })
+    await this.groups.createIndex({ createdAt: 1, _id: 1 }, { name: 'created' })
   }
 
   async create(g: { id: string; name: string; createdBy: string; createdAt: number; members: readonly string[] }): Promise<Group> {
@@ -206,6 +244,26 @@ export class MongoGroupStore implements GroupStore {
       .map((m) => ({ id: m.group, name: byId.get(m.group)!.name, role: m.role, createdAt: byId.get(m.group)!.createdAt }))
       .sort((x, y) => x.createdAt - y.createdAt || x.id.localeCompare(y.id))
       .map(({ id, name, role }) => ({ id, name, role }))
+  }
+
+  /** Member counts by the {group, seq} index, a few groups at a time (a listing is at most a page). */
+  private async summarise(docs: readonly GroupDoc[]): Promise<GroupSummary[]> {
+    const out: GroupSummary[] = []
+    for (let i = 0; i < docs.length; i += 16) {
+      const counts = await Promise.all(docs.slice(i, i + 16).map((d) => this.memberships.countDocuments({ group: d._id })))
+      docs.slice(i, i + 16).forEach((d, j) => out.push({ id: d._id, name: d.name, createdBy: d.createdBy, createdAt: d.createdAt, members: counts[j]! }))
+    }
+    return out
+  }
+
+  async list(limit: number, after?: ListPosition): Promise<GroupSummary[]> {
+    const filter = after ? { $or: [{ createdAt: { $gt: after.createdAt } }, { createdAt: after.createdAt, _id: { $gt: after.id } }] } : {}
+    return this.summarise(await this.groups.find(filter).sort({ createdAt: 1, _id: 1 }).limit(limit).toArray())
+  }
+
+  async summaries(ids: readonly string[]): Promise<GroupSummary[]> {
+    const byId = new Map((await this.groups.find({ _id: { $in: [...ids] } }).toArray()).map((d) => [d._id, d]))
+    return this.summarise(ids.map((id) => byId.get(id)).filter((d): d is GroupDoc => d !== undefined))
   }
 
   async close(): Promise<void> {}

@@ -15,13 +15,15 @@
 // Receipts (receipts.ts): delivered and read markers from s/delivered, s/read and PUBACKs of
 // one-to-one deliveries; receipts to senders; group counts; conversations.list with unread counts.
 // Kinds: text, media references, edits and deletes (new messages referencing the original; a
-// delete also removes the original's content from the store), and system notices of group changes.
+// delete also removes the original's content from the store), and system notices of group changes
+// and from operators (admin.ts: history and notices in the admin API).
 import { randomBytes } from 'node:crypto'
 import { z } from 'zod'
 import { definePlugin, type PublishRejection } from '../../broker/plugin-api.js'
 import { ConversationRef, DOWN, DeliveredMarker, ReadMarker, SendMessage, parseDownTopic, parseUpTopic, type MessageEnvelope } from '../../schemas/protocol.js'
 import { RpcError, type Device } from '../protocol/index.js'
 import { chooseStore, initInBackground } from '../shared/stores.js'
+import { registerMessagesAdmin } from './admin.js'
 import { BatchingAppender } from './batcher.js'
 import { PullParams, decodeCursor, encodeCursor, mapLimited, presentPositions, pullPage } from './pull.js'
 import { Receipts } from './receipts.js'
@@ -148,6 +150,7 @@ export default definePlugin({
     })
     const state = initInBackground(ctx, stateStore, 'conversation-state')
 
+    const systemUser = groups.systemUser
     const stored = ctx.metrics.counter({ name: 'messages_stored_total', help: 'Messages stored', labelNames: ['kind'] })
     const duplicates = ctx.metrics.counter({ name: 'messages_duplicates_total', help: 'Retried sends answered from the store' })
     const failures = ctx.metrics.counter({ name: 'messages_store_failures_total', help: 'Sends refused because the store failed (no PUBACK)' })
@@ -156,7 +159,60 @@ export default definePlugin({
       help: 'Messages per store write',
       buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
     })
-    const appender = new BatchingAppender(initialised, config.batchWindowMs, config.maxBatch, (size) => batchSize.observe(size))
+    const messagesIn = ctx.metrics.counter({
+      name: 'messages_in_total',
+      help: 'What the plugin takes in, by kind: dm and group sends (retries included), system notices (notice), read and delivered markers, PUBACKs of one-to-one deliveries (ack)',
+      labelNames: ['kind']
+    })
+    const messagesOut = ctx.metrics.counter({
+      name: 'messages_out_total',
+      help: "Message envelopes published, one per recipient user's u/{userId}/m (carbons included), by kind: dm, group, notice",
+      labelNames: ['kind']
+    })
+    const storeSeconds = ctx.metrics.histogram({
+      name: 'messages_store_append_seconds',
+      help: 'Duration of one batched append to the message store, by outcome',
+      labelNames: ['outcome'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20]
+    })
+    const deliverySeconds = ctx.metrics.histogram({
+      name: 'messages_delivery_seconds',
+      help: "From a message's server stamp (ts) to its recipient's acknowledgement: a device's PUBACK (via=puback, one-to-one, persistent sessions) or a delivered marker that moved (via=marker, its newest message)",
+      labelNames: ['kind', 'via'],
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86_400]
+    })
+    const markersMoved = ctx.metrics.counter({
+      name: 'receipt_markers_moved_total',
+      help: 'Delivered and read markers moved by devices (s/delivered, s/read, PUBACKs), by marker and conversation kind',
+      labelNames: ['marker', 'kind']
+    })
+    const receiptsSent = ctx.metrics.counter({
+      name: 'receipts_sent_total',
+      help: 'Receipts published to senders, by kind: delivered and read (one-to-one), group (summaries)',
+      labelNames: ['kind']
+    })
+    const syncSeconds = ctx.metrics.histogram({
+      name: 'sync_request_seconds',
+      help: 'Catch-up requests answered (messages.sync, messages.history, messages.pull), by method and outcome',
+      labelNames: ['method', 'outcome'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+    })
+    const syncMessages = ctx.metrics.counter({
+      name: 'sync_messages_total',
+      help: 'Messages returned by catch-up requests, by method',
+      labelNames: ['method']
+    })
+    const pullResets = ctx.metrics.counter({
+      name: 'pull_resets_total',
+      help: 'Conversations messages.pull answered with reset (a device more than maxDeltaMessages behind)'
+    })
+    const appender = new BatchingAppender(initialised, config.batchWindowMs, config.maxBatch, (size, ms, ok) => {
+      batchSize.observe(size)
+      storeSeconds.observe({ outcome: ok ? 'ok' : 'error' }, ms / 1000)
+    })
+
+    /** A delivery's latency from the server stamp; clocks of two nodes may differ a little, never below 0. */
+    const observeDelivery = (ts: number, kind: 'dm' | 'group', via: 'puback' | 'marker') => deliverySeconds.observe({ kind, via }, Math.max(0, Date.now() - ts) / 1000)
 
     /**
      * One-to-one messages go out at QoS 1 (a persistent session queues them). Group messages go out
@@ -164,16 +220,25 @@ export default definePlugin({
      * store; the message store is the copy, and a device catches up with messages.sync (on
      * reconnect, or on a gap in seq).
      */
-    const deliver = (m: StoredMessage, recipients: readonly string[], qos: 0 | 1): void => {
+    const deliver = (m: StoredMessage, recipients: readonly string[], qos: 0 | 1): number => {
       const shared = m.conversation.startsWith('g:') ? JSON.stringify(envelopeFor(m, '')) : undefined
-      for (const user of new Set(recipients)) {
+      const kind = m.type === 'system' ? 'notice' : shared ? 'group' : 'dm'
+      const to = new Set(recipients)
+      for (const user of to) {
         ctx
           .publish({ topic: DOWN.messages(user), payload: shared ?? JSON.stringify(envelopeFor(m, user)), qos })
+          .then(() => messagesOut.inc({ kind }))
           .catch((err: unknown) => ctx.log.error({ err, id: m.id, user }, 'delivery failed'))
       }
+      return to.size
     }
 
-    const receipts = new Receipts(ctx, initialised, state, groups, { batchMs: config.receiptBatchMs, maxRange: config.maxReceiptRange })
+    const receipts = new Receipts(ctx, initialised, state, groups, {
+      batchMs: config.receiptBatchMs,
+      maxRange: config.maxReceiptRange,
+      systemUser,
+      metrics: { markersMoved, receiptsSent }
+    })
 
     const newConversation: Array<(users: readonly string[]) => Promise<void>> = []
 
@@ -223,7 +288,8 @@ export default definePlugin({
       a.ts = Math.max(a.ts, m.ts)
       if (m.seq === 1) a.first = true
       const read = a.reads.get(m.sender.user)
-      if (!read || read.seq < m.seq) a.reads.set(m.sender.user, { seq: m.seq, system: m.type === 'system' })
+      // The system user reads nothing: it has no devices, and no conversation state of its own.
+      if (m.sender.user !== systemUser && (!read || read.seq < m.seq)) a.reads.set(m.sender.user, { seq: m.seq, system: m.type === 'system' })
       pendingActivity.set(m.conversation, a)
       activityFlush ??= flushActivity()
     }
@@ -253,8 +319,10 @@ export default definePlugin({
       for (const l of listeners) void l(...args).catch((err: unknown) => ctx.log.error({ err }, 'message listener failed'))
     }
 
-    /** Stores a message (no PUBACK until it is), then records activity and delivers it. */
+    /** Stores a message (no PUBACK until it is), then records activity and delivers it; resolves with the stored message and how many users it went to. */
     const send = async (client: { id: string }, message: NewMessage, recipients: () => Promise<readonly string[]>, activityUsers: readonly string[]) => {
+      const kind = message.conversation.startsWith('g:') ? 'group' : 'dm'
+      messagesIn.inc({ kind: message.type === 'system' ? 'notice' : kind })
       let result
       try {
         result = await appender.append(message)
@@ -263,7 +331,6 @@ export default definePlugin({
         ctx.log.error({ err, clientId: client.id }, 'message not stored: no PUBACK, the client will retry')
         throw err
       }
-      const kind = message.conversation.startsWith('g:') ? 'group' : 'dm'
       if (result.duplicate) duplicates.inc()
       else {
         stored.inc({ kind })
@@ -278,8 +345,9 @@ export default definePlugin({
       }
       const to = await recipients()
       // At least once: a retry is delivered again (devices drop duplicate ids).
-      deliver(result.message, to, kind === 'dm' ? 1 : 0)
+      const reached = deliver(result.message, to, kind === 'dm' ? 1 : 0)
       if (!result.duplicate) tell(storedListeners, result.message, to.filter((u) => u !== message.sender.user))
+      return { message: result.message, recipients: reached }
     }
 
     ctx.hook('authorizePublish', async (client, packet, { will }) => {
@@ -289,13 +357,26 @@ export default definePlugin({
         const device = protocol.deviceOf(client)
         if (!device) return undefined
         const marker = (up.kind === 'read' ? ReadMarker : DeliveredMarker).parse(JSON.parse(packet.payload.toString()))
+        messagesIn.inc({ kind: up.kind })
         // PUBACK once the marker is stored.
-        await receipts.move(device.userId, marker.conversation, await keyFor(device, marker.conversation), up.kind, marker.seq)
+        const key = await keyFor(device, marker.conversation)
+        const moved = await receipts.move(device.userId, marker.conversation, key, up.kind, marker.seq)
+        if (up.kind === 'delivered' && moved.after > moved.before) {
+          // The newest message the move covers stands for the batch; read after the PUBACK, off its path.
+          void initialised()
+            .then((s) => s.after(key, moved.after - 1, 1))
+            .then(([m]) => {
+              if (m && m.sender.user !== device.userId) observeDelivery(m.ts, marker.conversation.kind, 'marker')
+            })
+            .catch(() => undefined)
+        }
         return undefined
       }
       if (up?.kind !== 'dm' && up?.kind !== 'group') return undefined
       const device = protocol.deviceOf(client)
       if (!device) return undefined // protocol has refused it already
+      // Nobody reads the system user's side of its notice conversations: a message there would be lost.
+      if (up.kind === 'dm' && up.peer === systemUser) return rejection('forbidden', `${systemUser} is the service's own user: it takes no messages`)
       const body = SendMessage.parse(JSON.parse(packet.payload.toString()))
       const key = up.kind === 'dm' ? dmKey(device.userId, up.peer) : groupKey(up.groupId)
       const referencing = body.type === 'edit' || body.type === 'delete'
@@ -337,13 +418,15 @@ export default definePlugin({
       const device = protocol.deviceOf(client)
       const down = parseDownTopic(packet.topic)
       if (!device || !down || down.userId !== device.userId || packet.topic !== DOWN.messages(device.userId)) return
-      let envelope: Pick<MessageEnvelope, 'seq' | 'conversation' | 'from'>
+      let envelope: Pick<MessageEnvelope, 'seq' | 'conversation' | 'from' | 'ts'>
       try {
         envelope = JSON.parse(packet.payload.toString()) as MessageEnvelope
       } catch {
         return
       }
       if (envelope.conversation.kind !== 'dm' || envelope.from.user === device.userId) return // carbons are not receipts
+      messagesIn.inc({ kind: 'ack' })
+      if (typeof envelope.ts === 'number') observeDelivery(envelope.ts, 'dm', 'puback')
       const conversation: ConversationRef = { kind: 'dm', id: envelope.conversation.id }
       await receipts.move(device.userId, conversation, dmKey(device.userId, conversation.id), 'delivered', envelope.seq)
     })
@@ -379,26 +462,47 @@ export default definePlugin({
       limit: Math.min(p.limit ?? config.maxSyncPage, config.maxSyncPage)
     })
 
+    /** Times a catch-up request and counts what it returns. */
+    const timed = async <R>(method: 'sync' | 'history' | 'pull', work: () => Promise<R>, returned: (r: R) => number): Promise<R> => {
+      const done = syncSeconds.startTimer({ method })
+      try {
+        const result = await work()
+        done({ outcome: 'ok' })
+        syncMessages.inc({ method }, returned(result))
+        return result
+      } catch (err) {
+        done({ outcome: 'error' })
+        throw err
+      }
+    }
+
+    const sync = async (device: Device, p: z.output<typeof SyncParams>) => {
+      const { s, key, limit } = await pageRequest(device, p)
+      const page = await s.after(key, p.afterSeq, limit + 1)
+      return {
+        messages: page.slice(0, limit).map((m) => envelopeFor(m, device.userId)),
+        hasMore: page.length > limit,
+        lastSeq: await s.lastSeq(key)
+      }
+    }
+
     protocol.registerMethod('messages.sync', {
       params: SyncParams,
-      handler: async (device, p) => {
-        const { s, key, limit } = await pageRequest(device, p)
-        const page = await s.after(key, p.afterSeq, limit + 1)
-        return {
-          messages: page.slice(0, limit).map((m) => envelopeFor(m, device.userId)),
-          hasMore: page.length > limit,
-          lastSeq: await s.lastSeq(key)
-        }
-      }
+      handler: async (device, p) => timed('sync', () => sync(device, p), (r) => r.messages.length)
     })
 
     protocol.registerMethod('messages.history', {
       params: HistoryParams,
-      handler: async (device, p) => {
-        const { s, key, limit } = await pageRequest(device, p)
-        const page = await s.before(key, p.beforeSeq ?? Number.MAX_SAFE_INTEGER, limit + 1)
-        return { messages: page.slice(-limit).map((m) => envelopeFor(m, device.userId)), hasMore: page.length > limit }
-      }
+      handler: async (device, p) =>
+        timed(
+          'history',
+          async () => {
+            const { s, key, limit } = await pageRequest(device, p)
+            const page = await s.before(key, p.beforeSeq ?? Number.MAX_SAFE_INTEGER, limit + 1)
+            return { messages: page.slice(-limit).map((m) => envelopeFor(m, device.userId)), hasMore: page.length > limit }
+          },
+          (r) => r.messages.length
+        )
     })
 
     /** Every conversation of a user: one-to-one rows of the state store, and the user's groups. */
@@ -439,35 +543,45 @@ export default definePlugin({
       }
     })
 
+    const pull = async (device: Device, p: z.output<typeof PullParams>) => {
+      const [s, st] = [await initialised(), await state()]
+      const conversations = await conversationsOf(device.userId)
+      if (p.ack !== undefined) {
+        const positions = decodeCursor(p.ack)
+        if (!positions) throw new RpcError('invalid_params', 'ack is not a cursor this server gave out')
+        // Only the user's own conversations, and never past their end (that would hide messages).
+        const own = new Set(conversations)
+        const committed = new Map<ConversationKey, number>()
+        for (const [key, seq] of positions) if (own.has(key)) committed.set(key, Math.min(seq, await s.lastSeq(key)))
+        await st.advanceCursors(device.userId, device.deviceId, committed)
+      }
+      const deps = {
+        store: s,
+        state: st,
+        conversations,
+        toRef: (key: ConversationKey) => conversationFor(key, device.userId),
+        toEnvelope: (m: StoredMessage) => envelopeFor(m, device.userId),
+        maxDeltaMessages: config.maxDeltaMessages
+      }
+      const cursors = await st.cursors(device.userId, device.deviceId)
+      if (!cursors) {
+        await st.advanceCursors(device.userId, device.deviceId, await presentPositions(deps))
+        return { fresh: true, changes: [], cursor: encodeCursor(new Map()), hasMore: false }
+      }
+      return pullPage(deps, cursors, Math.min(p.limit ?? config.maxSyncPage, config.maxSyncPage))
+    }
+
     protocol.registerMethod('messages.pull', {
       params: PullParams,
-      handler: async (device, p) => {
-        const [s, st] = [await initialised(), await state()]
-        const conversations = await conversationsOf(device.userId)
-        if (p.ack !== undefined) {
-          const positions = decodeCursor(p.ack)
-          if (!positions) throw new RpcError('invalid_params', 'ack is not a cursor this server gave out')
-          // Only the user's own conversations, and never past their end (that would hide messages).
-          const own = new Set(conversations)
-          const committed = new Map<ConversationKey, number>()
-          for (const [key, seq] of positions) if (own.has(key)) committed.set(key, Math.min(seq, await s.lastSeq(key)))
-          await st.advanceCursors(device.userId, device.deviceId, committed)
-        }
-        const deps = {
-          store: s,
-          state: st,
-          conversations,
-          toRef: (key: ConversationKey) => conversationFor(key, device.userId),
-          toEnvelope: (m: StoredMessage) => envelopeFor(m, device.userId),
-          maxDeltaMessages: config.maxDeltaMessages
-        }
-        const cursors = await st.cursors(device.userId, device.deviceId)
-        if (!cursors) {
-          await st.advanceCursors(device.userId, device.deviceId, await presentPositions(deps))
-          return { fresh: true, changes: [], cursor: encodeCursor(new Map()), hasMore: false }
-        }
-        return pullPage(deps, cursors, Math.min(p.limit ?? config.maxSyncPage, config.maxSyncPage))
-      }
+      handler: async (device, p) =>
+        timed(
+          'pull',
+          () => pull(device, p),
+          (r) => {
+            pullResets.inc(r.changes.filter((c) => c.reset).length)
+            return r.changes.reduce((n, c) => n + c.messages.length, 0)
+          }
+        )
     })
 
     protocol.registerMethod('messages.receipts', {
@@ -488,6 +602,27 @@ export default definePlugin({
       }
     })
 
+    registerMessagesAdmin(ctx, {
+      store: initialised,
+      groups,
+      maxPage: config.maxSyncPage,
+      notify: (key, text, recipients, listedFor) =>
+        send(
+          { id: 'admin' },
+          {
+            conversation: key,
+            sender: { user: systemUser, device: 'server' },
+            cmid: `sys-${randomBytes(12).toString('hex')}`,
+            type: 'system',
+            body: text,
+            e2e: false,
+            ts: Date.now()
+          },
+          recipients,
+          listedFor
+        )
+    })
+
     ctx.hook('shutdown', async () => {
       await appender.drain()
       await activityFlush
@@ -502,7 +637,7 @@ export default definePlugin({
         (await conversationsOf(user))
           .filter((k) => k.startsWith('dm:'))
           .map((k) => conversationFor(k, user).id)
-          .filter((peer) => peer !== user),
+          .filter((peer) => peer !== user && peer !== systemUser),
       onNewConversation: (listener) => {
         newConversation.push(listener)
       },

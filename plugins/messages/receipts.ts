@@ -11,10 +11,16 @@
 import type { PluginContext } from '../../broker/plugin-api.js'
 import { DOWN, type ConversationRef, type Event, type Receipt } from '../../schemas/protocol.js'
 import type { GroupsApi } from '../groups/index.js'
-import type { Marker, StateStore } from './state-store.js'
+import type { Marker, Moved, StateStore } from './state-store.js'
 import type { ConversationKey, MessageStore, StoredMessage } from './store.js'
 
 export type ReceiptCount = Extract<Receipt, { kind: 'group' }>['messages'][number]
+
+/** What the receipts code counts (prom-client counters of the messages plugin). */
+export interface ReceiptMetrics {
+  markersMoved: { inc(labels: { marker: Marker; kind: 'dm' | 'group' }): void }
+  receiptsSent: { inc(labels: { kind: Receipt['kind'] }): void }
+}
 
 export class Receipts {
   /** Per group, the seq range whose counts changed since the last summary. */
@@ -27,17 +33,19 @@ export class Receipts {
     private readonly store: () => Promise<MessageStore>,
     private readonly state: () => Promise<StateStore>,
     private readonly groups: GroupsApi,
-    private readonly settings: { batchMs: number; maxRange: number }
+    private readonly settings: { batchMs: number; maxRange: number; systemUser: string; metrics: ReceiptMetrics }
   ) {}
 
   /**
    * Moves `user`'s marker in a conversation (clamped to its last message) and tells whoever must
    * know. Resolves once the marker is stored; the caller's PUBACK then means "recorded".
    */
-  async move(user: string, conversation: ConversationRef, key: ConversationKey, marker: Marker, wanted: number): Promise<void> {
+  async move(user: string, conversation: ConversationRef, key: ConversationKey, marker: Marker, wanted: number): Promise<Moved> {
     const [s, st] = [await this.store(), await this.state()]
-    const { before, after } = await st.advance(user, key, marker, Math.min(wanted, await s.lastSeq(key)))
-    if (after <= before) return
+    const moved = await st.advance(user, key, marker, Math.min(wanted, await s.lastSeq(key)))
+    const { before, after } = moved
+    if (after <= before) return moved
+    this.settings.metrics.markersMoved.inc({ marker, kind: conversation.kind })
     const ts = Date.now()
     if (marker === 'read') {
       const event: Event = { type: 'read', conversation, seq: after }
@@ -45,10 +53,11 @@ export class Receipts {
     }
     if (conversation.kind === 'group') {
       this.schedule(conversation.id, before + 1, after)
-      return
+      return moved
     }
     const peer = conversation.id
-    if (peer === user) return // notes to self
+    // Notes to self have nobody to tell; the system user has no devices to tell.
+    if (peer === user || peer === this.settings.systemUser) return moved
     let kind = marker
     if (kind === 'read') {
       const privacy = await st.privacy([user, peer])
@@ -56,6 +65,8 @@ export class Receipts {
     }
     const receipt: Receipt = { kind, conversation: { kind: 'dm', id: user }, upToSeq: after, by: user, ts }
     await this.ctx.publish({ topic: DOWN.receipts(peer), payload: JSON.stringify(receipt), qos: 1 })
+    this.settings.metrics.receiptsSent.inc({ kind })
+    return moved
   }
 
   /** Counts for messages of `requester` from `fromSeq` on (at most maxRange seqs are looked at). */
@@ -121,7 +132,9 @@ export class Receipts {
         await Promise.all(
           [...bySender].map(([sender, rows]) => {
             const receipt: Receipt = { kind: 'group', conversation, messages: rows, ts }
-            return this.ctx.publish({ topic: DOWN.receipts(sender), payload: JSON.stringify(receipt), qos: 1 })
+            return this.ctx
+              .publish({ topic: DOWN.receipts(sender), payload: JSON.stringify(receipt), qos: 1 })
+              .then(() => this.settings.metrics.receiptsSent.inc({ kind: 'group' }))
           })
         )
       } catch (err) {

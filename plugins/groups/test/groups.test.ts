@@ -56,6 +56,29 @@ for (const [name, open] of contract) {
         await done()
       }
     })
+
+    it('lists every group in creation order, a page at a time, with member counts', async () => {
+      const { store, done } = await open()
+      try {
+        await store.create({ id: 'gb', name: 'B', createdBy: 'alice', createdAt: 10, members: ['bob'] })
+        await store.create({ id: 'ga', name: 'A', createdBy: 'carol', createdAt: 10, members: [] })
+        await store.create({ id: 'gc', name: 'C', createdBy: 'alice', createdAt: 5, members: ['bob', 'carol', 'dave'] })
+        const first = await store.list(2)
+        assert.deepEqual(first, [
+          { id: 'gc', name: 'C', createdBy: 'alice', createdAt: 5, members: 4 },
+          { id: 'ga', name: 'A', createdBy: 'carol', createdAt: 10, members: 1 }
+        ])
+        // Resumes after the last row: same creation time, next id.
+        assert.deepEqual((await store.list(2, { createdAt: 10, id: 'ga' })).map((g) => [g.id, g.members]), [['gb', 2]])
+        assert.deepEqual(await store.list(2, { createdAt: 10, id: 'gb' }), [])
+        assert.deepEqual((await store.summaries(['gb', 'missing', 'gc'])).map((g) => [g.id, g.members]), [
+          ['gb', 2],
+          ['gc', 4]
+        ])
+      } finally {
+        await done()
+      }
+    })
   })
 }
 
@@ -132,6 +155,8 @@ describe('groups over MQTT', () => {
     await send(dave!, group, 'd-early', 'not yet')
     await eventually(() => daveErrors.includes('not_a_member'), 5000, 'dave refused before being added')
     assert.deepEqual((await alice!.rpc('groups.add', { group, users: ['dave'] })).result, { added: ['dave'] })
+    // The system user (groups.systemUser) is the service itself: never a member.
+    assert.equal((await alice!.rpc('groups.add', { group, users: ['parley'] })).error?.code, 'invalid_params')
     await eventually(() => dave!.events.some((e) => e.change === 'added'), 5000, 'dave told')
     // The change invalidated the cached "no" on every node: dave writes at once, well within its TTL.
     await send(dave!, group, 'd1', 'dave here')

@@ -15,6 +15,15 @@ import type { Logger } from './logger.js'
 export type ListenerName = 'tcp' | 'tls' | 'ws'
 type Handle = (stream: Duplex, req?: IncomingMessage) => unknown
 
+// Which listener each connection came through, keyed by the stream Aedes keeps as client.conn:
+// the core's per-listener metrics read it (node.ts). Weak, so closed connections leave nothing.
+const listenerOfStream = new WeakMap<object, ListenerName>()
+
+/** The listener a client's connection (Aedes client.conn) arrived on. */
+export function listenerOf(conn: unknown): ListenerName | undefined {
+  return typeof conn === 'object' && conn !== null ? listenerOfStream.get(conn) : undefined
+}
+
 export interface MqttListener {
   name: ListenerName
   /** Port actually bound (differs from the configured one when that is 0). */
@@ -134,12 +143,18 @@ async function startWs(config: Config, handle: Handle, log: Logger): Promise<Mqt
 /** Starts every enabled MQTT listener; if one fails to bind, those already started are closed. */
 export async function startMqttListeners(config: Config, aedesHandle: Handle, log: Logger): Promise<MqttListener[]> {
   // Every transport: Aedes may write a PUBLISH before the CONNACK (broker/connack-first.ts).
-  const handle: Handle = (stream, req) => aedesHandle(connackFirst(stream), req)
+  const handleFor =
+    (name: ListenerName): Handle =>
+    (stream, req) => {
+      const s = connackFirst(stream)
+      listenerOfStream.set(s, name)
+      return aedesHandle(s, req)
+    }
   const started: MqttListener[] = []
   const wanted: Array<[ListenerName, () => Promise<MqttListener>]> = []
-  if (config.listeners.tcp.enabled) wanted.push(['tcp', () => startTcp(config, handle)])
-  if (tlsListenerEnabled(config)) wanted.push(['tls', () => startTls(config, handle)])
-  if (config.listeners.ws.enabled) wanted.push(['ws', () => startWs(config, handle, log)])
+  if (config.listeners.tcp.enabled) wanted.push(['tcp', () => startTcp(config, handleFor('tcp'))])
+  if (tlsListenerEnabled(config)) wanted.push(['tls', () => startTls(config, handleFor('tls'))])
+  if (config.listeners.ws.enabled) wanted.push(['ws', () => startWs(config, handleFor('ws'), log)])
   try {
     for (const [name, start] of wanted) {
       const l = await start().catch((err: Error) => {

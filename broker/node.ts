@@ -13,6 +13,7 @@ import mqemitter from 'mqemitter'
 import mqemitterRedis from 'mqemitter-redis'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Config } from '../schemas/config.js'
+import { tlsListenerEnabled } from '../schemas/config.js'
 import { builtinPlugins } from '../plugins/index.js'
 import { AdminApi } from './admin/api.js'
 import { loadBootstrapSecret } from './admin/bootstrap.js'
@@ -23,7 +24,7 @@ import type { AdminPersistence, NodeAccess } from './admin/node-access.js'
 import { openBackends, newRedis, type BackendSet } from './backends.js'
 import { ClusterView, type NodeRecord } from './cluster-view.js'
 import { redactConfig } from './config.js'
-import { startMqttListeners, type MqttListener } from './listeners.js'
+import { listenerOf, startMqttListeners, type ListenerName, type MqttListener } from './listeners.js'
 import type { Logger } from './logger.js'
 import { limitOfflineQueues, memoryQueueLengths, redisQueueLengths, type QueueLengths, type QueueablePersistence } from './offline-queue.js'
 import { createOpsServer, runChecks } from './ops-http.js'
@@ -74,6 +75,37 @@ function isDeliverPacket(p: Partial<DeliverPacket>): p is DeliverPacket {
     (p.target.qos === 0 || p.target.qos === 1) &&
     p.payload !== undefined
   )
+}
+
+/** Label of a client whose connection came through no listener of ours (an embedder's own stream). */
+type ListenerLabel = ListenerName | 'other'
+
+/**
+ * A counter by QoS for the per-message hot path: the path adds to plain numbers (`counts[qos]`),
+ * and the counter takes the difference at each scrape, so a message costs an array increment
+ * instead of prom-client's label hashing.
+ */
+function qosCounter(registry: Registry, name: string, help: string, counts: number[]): Counter<'qos'> {
+  const reported = counts.map(() => 0)
+  const counter = new Counter({
+    name,
+    help,
+    labelNames: ['qos'],
+    registers: [registry],
+    collect() {
+      for (let q = 0; q < counts.length; q++) {
+        const delta = counts[q]! - reported[q]!
+        if (delta > 0) {
+          this.inc({ qos: String(q) }, delta)
+          reported[q] = counts[q]!
+        }
+      }
+    }
+  })
+  // QoS 0 and 1 exist from the start (rate() needs a first sample); QoS 2 appears when used.
+  counter.inc({ qos: '0' }, 0)
+  counter.inc({ qos: '1' }, 0)
+  return counter
 }
 
 export interface ListenerAddress {
@@ -202,7 +234,7 @@ export class BrokerNode {
       await this.ops.ready()
     }
 
-    this.aedes = await Aedes.createBroker(this.aedesOptions(host))
+    this.aedes = await Aedes.createBroker(this.aedesOptions(host, metrics))
     this.wireEvents(this.aedes, host, metrics)
     await this.listenForDeliveries(this.aedes)
     await this.listenOnClusterChannels(this.aedes)
@@ -272,9 +304,26 @@ export class BrokerNode {
     }
   }
 
-  private aedesOptions(host: PluginHost): AedesOptions {
+  private aedesOptions(host: PluginHost, metrics: ReturnType<BrokerNode['coreMetrics']>): AedesOptions {
     const { config } = this
     const m = config.mqtt
+    const hooks = host.aedesHooks()
+    // Messages out are counted where Aedes decides to write a PUBLISH to a client (live, forwarded
+    // or from its offline queue; after its duplicate check), at the QoS Aedes then writes: 0 for a
+    // QoS 0 publish, else the lower of the packet's and the client's subscription (Aedes looks the
+    // subscription up by the topic itself). This hook runs once per delivery anyway: no extra work.
+    const forward = hooks.authorizeForward
+    const sentByQos = metrics.sentByQos
+    hooks.authorizeForward = (client, packet) => {
+      const out = forward ? forward(client, packet) : packet
+      if (out) {
+        let qos: number = packet.qos === 0 ? 0 : out.qos
+        const sub = (client as unknown as { subscriptions?: Record<string, { qos?: number } | undefined> }).subscriptions?.[out.topic]
+        if (sub && (sub.qos ?? 0) < qos) qos = sub.qos ?? 0
+        sentByQos[qos] = (sentByQos[qos] ?? 0) + 1
+      }
+      return out
+    }
     let mq: unknown
     if (config.redis.url) {
       // Dedicated connections: a subscriber connection cannot run other commands.
@@ -313,16 +362,61 @@ export class BrokerNode {
       maxClientsIdLength: m.maxClientIdLength,
       concurrency: m.concurrency,
       maxTopicLevels: m.maxTopicLevels,
-      ...host.aedesHooks()
+      ...hooks
     }
   }
 
+  /**
+   * The core's metrics (docs/grafana/README.md lists them). No series carries the node: Prometheus
+   * adds `instance` to every series it scrapes, and parley_node_info maps an instance to its broker
+   * id, node name and version (join on instance).
+   */
   private coreMetrics() {
     const r = this.registry
     const aedes = () => this.aedes
+    const { config } = this
+    // Plain numbers on the per-message paths (qosCounter); index = QoS.
+    const receivedByQos = [0, 0, 0]
+    const sentByQos = [0, 0, 0]
+    const listeners: ListenerName[] = [
+      ...(config.listeners.tcp.enabled ? (['tcp'] as const) : []),
+      ...(tlsListenerEnabled(config) ? (['tls'] as const) : []),
+      ...(config.listeners.ws.enabled ? (['ws'] as const) : [])
+    ]
+    const clientsBy: Partial<Record<ListenerLabel, number>> = Object.fromEntries(listeners.map((l) => [l, 0]))
+    const connectionsBy = new Counter({
+      name: 'parley_mqtt_connections_total',
+      help: 'MQTT clients that completed CONNECT (authenticated), by listener (tcp, tls, ws)',
+      labelNames: ['listener'],
+      registers: [r]
+    })
+    for (const l of listeners) connectionsBy.inc({ listener: l }, 0)
+    new Gauge({
+      name: 'parley_node_info',
+      help: 'Always 1: which broker id, node name and version this scrape target (instance) is',
+      labelNames: ['broker_id', 'node_name', 'version'],
+      registers: [r]
+    }).set({ broker_id: this.brokerId, node_name: config.nodeName ?? hostname(), version: this.opts.version ?? 'unknown' }, 1)
     return {
-      connections: new Counter({ name: 'parley_connections_total', help: 'MQTT clients that completed CONNECT', registers: [r] }),
-      published: new Counter({ name: 'parley_messages_published_total', help: 'Messages published by clients', labelNames: ['qos'], registers: [r] }),
+      receivedByQos,
+      sentByQos,
+      clientsBy,
+      connectionsBy,
+      received: qosCounter(r, 'parley_mqtt_messages_received_total', 'PUBLISH packets accepted from clients (after the publish checks), by QoS', receivedByQos),
+      sent: qosCounter(r, 'parley_mqtt_messages_sent_total', 'PUBLISH packets handed to clients (live, forwarded or from the offline queue), by QoS as written', sentByQos),
+      clients: new Gauge({
+        name: 'parley_mqtt_clients',
+        help: 'MQTT clients connected to this node now, by listener (tcp, tls, ws)',
+        labelNames: ['listener'],
+        registers: [r],
+        collect() {
+          for (const [listener, n] of Object.entries(clientsBy)) this.set({ listener }, n)
+        }
+      }),
+      // Kept for existing dashboards and tests: parley_mqtt_connections_total summed over listeners.
+      connections: new Counter({ name: 'parley_connections_total', help: 'MQTT clients that completed CONNECT (all listeners; see parley_mqtt_connections_total)', registers: [r] }),
+      // Kept for existing dashboards and tests: the same numbers as parley_mqtt_messages_received_total.
+      published: qosCounter(r, 'parley_messages_published_total', 'Messages published by clients (same as parley_mqtt_messages_received_total)', receivedByQos),
       clientErrors: new Counter({ name: 'parley_client_errors_total', help: 'Client and connection errors (protocol errors, resets)', registers: [r] }),
       connectTimeouts: new Counter({
         name: 'parley_connect_timeouts_total',
@@ -353,12 +447,26 @@ export class BrokerNode {
 
   private wireEvents(aedes: Aedes, host: PluginHost, metrics: ReturnType<BrokerNode['coreMetrics']>): void {
     const log = this.log
-    aedes.on('client', () => metrics.connections.inc())
+    // The listener each counted client was added under: 'client' and 'clientDisconnect' come in
+    // pairs for a registered client (Aedes's own connectedClients moves at the same places).
+    const counted = new WeakMap<Client, ListenerLabel>()
+    aedes.on('client', (client) => {
+      const listener: ListenerLabel = listenerOf(client.conn) ?? 'other'
+      counted.set(client, listener)
+      metrics.clientsBy[listener] = (metrics.clientsBy[listener] ?? 0) + 1
+      metrics.connectionsBy.inc({ listener })
+      metrics.connections.inc()
+    })
     aedes.on('clientReady', (client) => {
       if (client.clean) this.queueLengths?.cleared(client.id)
       void host.notify('clientReady', client)
     })
     aedes.on('clientDisconnect', (client) => {
+      const listener = counted.get(client)
+      if (listener !== undefined) {
+        counted.delete(client)
+        metrics.clientsBy[listener] = Math.max(0, (metrics.clientsBy[listener] ?? 1) - 1)
+      }
       // The principal outlives the connection (it is weakly held): Aedes checks the will again
       // while closing, after this event.
       void host.notify('clientDisconnect', client)
@@ -374,7 +482,7 @@ export class BrokerNode {
       if (host.hasHandlers('unsubscribed')) void host.notify('unsubscribed', client, topics)
     })
     aedes.on('publish', (packet, client) => {
-      if (client) metrics.published.inc({ qos: String(packet.qos) })
+      if (client) metrics.receivedByQos[packet.qos] = (metrics.receivedByQos[packet.qos] ?? 0) + 1
     })
     aedes.on('clientError', (client, err) => {
       metrics.clientErrors.inc()

@@ -8,7 +8,6 @@ import { createLogger } from '../broker/logger.js'
 import { BrokerNode } from '../broker/node.js'
 import type { Config } from '../schemas/config.js'
 import { mintDeviceToken } from '../plugins/auth-jwt/mint.js'
-import { adminPushTest } from '../plugins/push/admin.js'
 import { registerAdminCommands } from './admin/index.js'
 
 /** Exit codes, documented in the README. */
@@ -118,19 +117,6 @@ export function buildProgram(): Command {
     .command('admin')
     .description('operate a running cluster through the admin API of a node (docs/operations.md)')
   registerAdminCommands(admin)
-  admin
-    .command('push')
-    .description('push notifications')
-    .command('test')
-    .description("send a test notification to a user's registered devices now and print each provider's answer")
-    .argument('<userId>', 'the user')
-    .option('-d, --device <id>', 'only this device')
-    .option('-u, --url <url>', "the node's operations listener (default: listeners.ops of the configuration)")
-    .option('-c, --config <file>', 'YAML or JSON configuration file (also PARLEY_CONFIG)')
-    .action(async (userId: string, options: { device?: string; url?: string; config?: string }) => {
-      const { config } = configOrExit(options.config)
-      process.exitCode = await adminPushTest(config, userId, options)
-    })
 
   program
     .command('config')

@@ -68,7 +68,13 @@ export default definePlugin({
     const c = ctx.config
     const states = new Map<Client, ClientState>()
     const perIp = new Map<string, TokenBucket>()
-    const hits = ctx.metrics.counter({ name: 'limits_hits_total', help: 'Limits enforced, by limit', labelNames: ['limit'] })
+    const hits = ctx.metrics.counter({
+      name: 'limits_hits_total',
+      help: 'Limits enforced, by limit: publish_rate and connection_rate refuse, publish_delayed holds a PUBACK, the others refuse',
+      labelNames: ['limit']
+    })
+    // Every limit's series exists from the start, so rate() and dashboards show 0 rather than no data.
+    for (const limit of ['keepalive', 'connection_rate', 'topic', 'payload_size', 'publish_rate', 'publish_delayed', 'subscriptions']) hits.inc({ limit }, 0)
     const hit = (limit: string) => hits.inc({ limit })
     // A hold longer than the publish timeout would fail closed and disconnect: stay below it.
     const maxHoldMs = Math.min(c.publish.maxDelayMs, Math.max(ctx.publishTimeoutMs - 500, 0))

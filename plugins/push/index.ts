@@ -13,14 +13,13 @@
 //   - Providers: APNs (@parse/node-apn, .p8 token auth), FCM (firebase-admin 13); without
 //     credentials, a provider that logs.
 //   - Badge: the user's unread total (messages.unreadTotal), counted when the push is sent.
-//   - Admin: POST /plugins/push/test on the operations listener (`parley admin push test`).
-import type { FastifyReply, FastifyRequest } from 'fastify'
-import { z } from 'zod'
+//   - Admin (admin.ts): POST /admin/v1/push/test, GET /admin/v1/push/tokens, the `push` section of
+//     a user (`parley admin push test|tokens`, `parley admin users show`).
 import { definePlugin } from '../../broker/plugin-api.js'
-import { Id } from '../../schemas/identity.js'
 import { ReadMarker } from '../../schemas/protocol.js'
 import type { StoredMessage } from '../messages/index.js'
 import { chooseStore, initInBackground } from '../shared/stores.js'
+import { registerPushAdmin, type TestResult } from './admin.js'
 import { PushConfig } from './config.js'
 import { previewOf, testNotice, textsFor } from './payload.js'
 import { ApnsProvider } from './providers/apns.js'
@@ -31,23 +30,11 @@ import { MemoryRateLimiter, RedisRateLimiter, type DeviceRateLimiter } from './r
 import { MongoRegistry, SqliteRegistry, type RegistryStore } from './registry.js'
 import { registerMethods } from './rpc.js'
 import type { PushProvider, Registration } from './types.js'
-import { PushWorker } from './worker.js'
+import { metricReason, PushWorker, resultOf } from './worker.js'
 import { join } from 'node:path'
 
 export { PushConfig } from './config.js'
-
-export interface TestResult {
-  device: string
-  provider: Registration['provider']
-  /** The provider that handled it: apns, fcm, or log (no credentials configured). */
-  via: PushProvider['name']
-  ok: boolean
-  id?: string | undefined
-  status?: number | undefined
-  reason?: string | undefined
-  /** The provider called the token dead; the registration was removed. */
-  removed?: boolean | undefined
-}
+export type { TestResult } from './admin.js'
 
 export interface PushApi {
   /** Sends a test notification to a user's registered devices (or one), now, and reports each answer. */
@@ -59,8 +46,6 @@ declare module '../../broker/plugin-api.js' {
     push: PushApi
   }
 }
-
-const TestRequest = z.object({ user: Id, device: Id.optional() }).strict()
 
 /** Message types that wake a device: new content, not edits, deletes or system notices. */
 const PUSHED_TYPES = new Set(['text', 'media'])
@@ -109,9 +94,10 @@ export default definePlugin({
           ctx.log
         )
       : log
-    const fcm: PushProvider = config.fcm
+    const fcmProvider = config.fcm
       ? new FcmProvider({ serviceAccountFile: config.fcm.serviceAccountFile, connectTo: config.fcm.connectTo, caFile: config.fcm.caFile })
-      : log
+      : undefined
+    const fcm: PushProvider = fcmProvider ?? log
     const providerFor = (r: Registration): PushProvider => (r.provider === 'apns' ? apns : fcm)
     ctx.log.info({ apns: apns.name, fcm: fcm.name, queue: redis ? 'redis' : 'embedded' }, 'push providers')
 
@@ -239,12 +225,13 @@ export default definePlugin({
           const started = performance.now()
           const outcome = await provider.send(r, testNotice(textsFor(r.locale, config.texts, config.locale)))
           metrics.sendSeconds.observe({ provider: provider.name }, (performance.now() - started) / 1000)
+          await reg.recordResult(r.user, r.device, r.token, resultOf(outcome, provider, 'test')).catch((err: unknown) => ctx.log.debug({ err }, 'push result not recorded'))
           const base = { device: r.device, provider: r.provider, via: provider.name }
           if (outcome.ok) {
             metrics.sent.inc({ provider: provider.name, type: 'test' })
             return { ...base, ok: true, id: outcome.id, status: outcome.status }
           }
-          metrics.failed.inc({ provider: provider.name, reason: outcome.reason })
+          metrics.failed.inc({ provider: provider.name, reason: metricReason(outcome.reason) })
           const removed = outcome.dead ? await reg.removeToken(r.user, r.device, r.token) : undefined
           if (removed) metrics.deadTokens.inc({ provider: provider.name })
           return { ...base, ok: false, status: outcome.status, reason: outcome.reason, ...(outcome.dead ? { removed } : {}) }
@@ -252,22 +239,7 @@ export default definePlugin({
       )
     }
 
-    ctx.route({
-      method: 'POST',
-      url: '/plugins/push/test',
-      handler: async (request: FastifyRequest, reply: FastifyReply) => {
-        // An operator's command, with no authentication of its own yet (the admin API brings it):
-        // answered only to the node's own machine (`parley admin push test`, docker exec).
-        if (!isLoopback(request.socket.remoteAddress)) return reply.code(403).send({ error: 'admin requests are answered on the loopback address only' })
-        const parsed = TestRequest.safeParse(request.body ?? {})
-        if (!parsed.success) return reply.code(400).send({ error: parsed.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; ') })
-        const results = await sendTest(parsed.data.user, parsed.data.device)
-        if (!results.length) {
-          return reply.code(404).send({ error: `no push registration for ${parsed.data.user}${parsed.data.device ? `:${parsed.data.device}` : ''}` })
-        }
-        return { results }
-      }
-    })
+    registerPushAdmin(ctx, { registry, providerFor, fcmProject: fcmProvider?.projectId, sendTest })
 
     ctx.hook('shutdown', async () => {
       await worker.stop()
@@ -280,6 +252,3 @@ export default definePlugin({
   }
 })
 
-function isLoopback(address: string | undefined): boolean {
-  return address !== undefined && (address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.'))
-}

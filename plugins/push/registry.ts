@@ -8,7 +8,7 @@
 import type Database from 'better-sqlite3'
 import type { Collection, Db } from 'mongodb'
 import { SqliteBacked, upsertRetrying } from '../shared/stores.js'
-import type { ProviderName, Registration } from './types.js'
+import type { DeviceStatus, ProviderName, PushResult, Registration } from './types.js'
 
 export interface Mute {
   conversation: string
@@ -34,6 +34,10 @@ export interface RegistryStore {
   get(user: string, device: string): Promise<Registration | undefined>
   /** Every registration of these users. */
   devicesOf(users: readonly string[]): Promise<Registration[]>
+  /** A user's registrations with their creation time and last push result (admin). */
+  statusOf(user: string): Promise<DeviceStatus[]>
+  /** Records how a push to a device went, only while the registration still holds `token`. */
+  recordResult(user: string, device: string, token: string, result: PushResult): Promise<void>
   /** Mutes a conversation for a user until `until` (epoch ms); `until` <= now unmutes. */
   mute(user: string, conversation: string, until: number, now: number): Promise<void>
   /** The user's mutes still in force at `now`. */
@@ -59,6 +63,8 @@ interface DeviceRow {
   locale: string | null
   previews: number
   updated_at: number
+  created_at: number | null
+  last_result: string | null
 }
 const fromRow = (r: DeviceRow): Registration => ({
   user: r.user_id,
@@ -76,6 +82,7 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS push_devices (
     user_id TEXT NOT NULL, device_id TEXT NOT NULL, provider TEXT NOT NULL, token TEXT NOT NULL,
     topic TEXT, environment TEXT, locale TEXT, previews INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    created_at INTEGER, last_result TEXT,
     PRIMARY KEY (user_id, device_id)
   );
   CREATE UNIQUE INDEX IF NOT EXISTS push_devices_token ON push_devices (provider, token);
@@ -110,10 +117,12 @@ export class SqliteRegistry extends SqliteBacked implements RegistryStore {
       // A new token is a new app installation: what was pushed to the old one does not count.
       if (previous && previous.token !== r.token) db.prepare('DELETE FROM push_unread WHERE user_id = ? AND device_id = ?').run(r.user, r.device)
       db.prepare(
-        `INSERT INTO push_devices (user_id, device_id, provider, token, topic, environment, locale, previews, updated_at)
-         VALUES (@user, @device, @provider, @token, @topic, @environment, @locale, @previews, @updatedAt)
+        // created_at stays; the last result belongs to the token it was sent to.
+        `INSERT INTO push_devices (user_id, device_id, provider, token, topic, environment, locale, previews, updated_at, created_at)
+         VALUES (@user, @device, @provider, @token, @topic, @environment, @locale, @previews, @updatedAt, @updatedAt)
          ON CONFLICT (user_id, device_id) DO UPDATE SET provider = excluded.provider, token = excluded.token, topic = excluded.topic,
-           environment = excluded.environment, locale = excluded.locale, previews = excluded.previews, updated_at = excluded.updated_at`
+           environment = excluded.environment, locale = excluded.locale, previews = excluded.previews, updated_at = excluded.updated_at,
+           last_result = CASE WHEN push_devices.token = excluded.token THEN push_devices.last_result ELSE NULL END`
       ).run({
         user: r.user,
         device: r.device,
@@ -164,6 +173,21 @@ export class SqliteRegistry extends SqliteBacked implements RegistryStore {
     const select = this.conn.prepare<[string], DeviceRow>('SELECT * FROM push_devices WHERE user_id = ? ORDER BY device_id')
     for (const u of new Set(users)) out.push(...select.all(u).map(fromRow))
     return out
+  }
+
+  async statusOf(user: string): Promise<DeviceStatus[]> {
+    return this.conn
+      .prepare<[string], DeviceRow>('SELECT * FROM push_devices WHERE user_id = ? ORDER BY device_id')
+      .all(user)
+      .map((r) => ({
+        ...fromRow(r),
+        ...(r.created_at !== null ? { createdAt: r.created_at } : {}),
+        ...(r.last_result !== null ? { lastResult: JSON.parse(r.last_result) as PushResult } : {})
+      }))
+  }
+
+  async recordResult(user: string, device: string, token: string, result: PushResult): Promise<void> {
+    this.conn.prepare('UPDATE push_devices SET last_result = ? WHERE user_id = ? AND device_id = ? AND token = ?').run(JSON.stringify(result), user, device, token)
   }
 
   async mute(user: string, conversation: string, until: number, now: number): Promise<void> {
@@ -218,11 +242,16 @@ export class SqliteRegistry extends SqliteBacked implements RegistryStore {
     })()
   }
 
-  protected override migrate(_db: Database.Database): void {}
+  protected override migrate(db: Database.Database): void {
+    SqliteBacked.addColumnIfMissing(db, 'push_devices', 'created_at', 'INTEGER')
+    SqliteBacked.addColumnIfMissing(db, 'push_devices', 'last_result', 'TEXT')
+  }
 }
 
 interface DeviceDoc extends Registration {
   _id: string
+  createdAt?: number
+  lastResult?: PushResult
 }
 interface MuteDoc {
   _id: string
@@ -287,6 +316,10 @@ export class MongoRegistry implements RegistryStore {
       const previous = await this.devices.findOne({ _id })
       if (previous && previous.token !== r.token) await this.unread.deleteMany({ user: r.user, device: r.device })
       const doc: DeviceDoc = { _id, user: r.user, device: r.device, provider: r.provider, token: r.token, previews: r.previews, updatedAt: r.updatedAt }
+      // Created once; the last result belongs to the token it was sent to.
+      const createdAt = previous ? previous.createdAt : r.updatedAt
+      if (createdAt !== undefined) doc.createdAt = createdAt
+      if (previous?.lastResult && previous.token === r.token) doc.lastResult = previous.lastResult
       if (r.topic !== undefined) doc.topic = r.topic
       if (r.environment !== undefined) doc.environment = r.environment
       if (r.locale !== undefined) doc.locale = r.locale
@@ -329,6 +362,17 @@ export class MongoRegistry implements RegistryStore {
     if (!users.length) return []
     const docs = await this.devices.find({ user: { $in: [...new Set(users)] } }).toArray()
     return docs.map(fromDoc).sort((a, b) => (a.user === b.user ? a.device.localeCompare(b.device) : a.user.localeCompare(b.user)))
+  }
+
+  async statusOf(user: string): Promise<DeviceStatus[]> {
+    const docs = await this.devices.find({ user }).toArray()
+    return docs
+      .map((d) => ({ ...fromDoc(d), ...(d.createdAt !== undefined ? { createdAt: d.createdAt } : {}), ...(d.lastResult ? { lastResult: d.lastResult } : {}) }))
+      .sort((a, b) => a.device.localeCompare(b.device))
+  }
+
+  async recordResult(user: string, device: string, token: string, result: PushResult): Promise<void> {
+    await this.devices.updateOne({ _id: this.id(user, device), token }, { $set: { lastResult: result } })
   }
 
   async mute(user: string, conversation: string, until: number, now: number): Promise<void> {

@@ -22,6 +22,26 @@ export interface Registration {
   updatedAt: number
 }
 
+/** What the provider answered the last push to a device (admin: parley admin push tokens). */
+export interface PushResult {
+  /** Epoch ms. */
+  at: number
+  ok: boolean
+  /** The provider that handled it: apns, fcm, or log (no credentials configured). */
+  via: ProviderName | 'log'
+  type: 'message' | 'badge' | 'test'
+  status?: number | undefined
+  reason?: string | undefined
+}
+
+/** A registration as operators see it: when it was created and how the last push went. */
+export interface DeviceStatus extends Registration {
+  /** First registration of this device; undefined for registrations older than this field. */
+  createdAt?: number | undefined
+  /** The last push to the token it holds now; undefined until one was sent. */
+  lastResult?: PushResult | undefined
+}
+
 /** The message a pending push is about (the newest of its conversation). */
 export interface JobMessage {
   id: string

@@ -16,8 +16,24 @@ import { badgeNotice, messageNotice, textsFor, type Texts } from './payload.js'
 import type { PushQueue } from './queue.js'
 import type { DeviceRateLimiter } from './rate-limit.js'
 import type { RegistryStore } from './registry.js'
-import type { ClaimedJob, PushProvider, Registration, SendOutcome } from './types.js'
+import type { ClaimedJob, Notice, PushProvider, PushResult, Registration, SendOutcome } from './types.js'
 import type { PushConfig } from './config.js'
+
+/**
+ * The reason label of parley_push_failed_total: the provider's reason (a fixed set: Apple's and
+ * Google's error names), but "error" for ours, whose text (a network error's message) varies and
+ * would make a new series each time. The full text is in the log and the last result.
+ */
+export function metricReason(reason: string): string {
+  return reason.startsWith('error: ') || reason.startsWith('error:') ? 'error' : reason.slice(0, 64)
+}
+
+/** An outcome as the registry keeps it (the last result of a device). */
+export function resultOf(outcome: SendOutcome, provider: PushProvider, type: Notice['type'], at = Date.now()): PushResult {
+  return outcome.ok
+    ? { at, ok: true, via: provider.name, type, ...(outcome.status !== undefined ? { status: outcome.status } : {}) }
+    : { at, ok: false, via: provider.name, type, reason: outcome.reason.slice(0, 200), ...(outcome.status !== undefined ? { status: outcome.status } : {}) }
+}
 
 export interface WorkerMetrics {
   sent: Counter<'provider' | 'type'>
@@ -150,6 +166,10 @@ export class PushWorker {
     const started = performance.now()
     const outcome: SendOutcome = await this.holding(q, job.claim, provider.send(registration, notice))
     metrics.sendSeconds.observe({ provider: provider.name }, (performance.now() - started) / 1000)
+    // For operators (parley admin push tokens); a failure to note it never fails the push.
+    await registry
+      .recordResult(job.user, job.device, registration.token, resultOf(outcome, provider, notice.type))
+      .catch((err: unknown) => this.d.log.debug({ err, device: deviceKey }, 'push result not recorded'))
 
     if (outcome.ok) {
       await registry.addPushed(job.user, job.device, job.conversation, job.count, job.last.seq)
@@ -158,7 +178,7 @@ export class PushWorker {
       metrics.delaySeconds.observe({ provider: provider.name }, Math.max(0, Date.now() - job.firstTs) / 1000)
       return
     }
-    metrics.failed.inc({ provider: provider.name, reason: outcome.reason })
+    metrics.failed.inc({ provider: provider.name, reason: metricReason(outcome.reason) })
     if (outcome.dead) {
       // Only while the registration still holds that token (the app may have registered a new one).
       if (await registry.removeToken(job.user, job.device, registration.token)) metrics.deadTokens.inc({ provider: provider.name })

@@ -79,12 +79,20 @@ class DialAgent extends https.Agent {
 
 export class FcmProvider implements PushProvider {
   readonly name = 'fcm' as const
+  /** The Firebase project of the service account (shown to operators). */
+  readonly projectId: string | undefined
   private readonly app: App
   private readonly messaging: Messaging
   private readonly agent: https.Agent
 
   constructor(options: FcmOptions) {
     watchRetryAfter()
+    try {
+      const account = JSON.parse(readFileSync(options.serviceAccountFile, 'utf8')) as { project_id?: unknown }
+      this.projectId = typeof account.project_id === 'string' ? account.project_id : undefined
+    } catch {
+      this.projectId = undefined // cert() below reports an unreadable file
+    }
     const ca = options.caFile ? readFileSync(options.caFile, 'utf8') : undefined
     this.agent = options.connectTo
       ? new DialAgent(options.connectTo, { keepAlive: true, ...(ca ? { ca } : {}) })

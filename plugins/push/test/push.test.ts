@@ -5,10 +5,10 @@
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import { after, before, describe, it } from 'node:test'
 import type { MessageEnvelope } from '../../../schemas/protocol.js'
-import { eventually, runParley, isolatedEnv } from '../../../test/helpers/broker-process.js'
+import { adminCli, adminRequest, createKey } from '../../../test/helpers/admin.js'
+import { eventually } from '../../../test/helpers/broker-process.js'
 import { testDevice, type TestDevice } from '../../../test/helpers/device.js'
 import { startNode, type TestNode } from '../../../test/helpers/node.js'
 import { startApnsFake, type ApnsFake } from './fakes/apns-fake.js'
@@ -286,24 +286,50 @@ describe('push: APNs and FCM for offline devices', { concurrency: true }, () => 
     assert.deepEqual(await b.call('push.unregister'), { removed: false })
   })
 
-  it('`parley admin push test` sends a test notification and prints the provider\'s answer', async () => {
+  it('`parley admin push test` sends a test notification with an operator key and prints the provider\'s answer; `push tokens` lists the devices', async () => {
     const bob = u('bob9')
     const phone = await offlineApns(bob)
     const pixel = await offlineFcm(bob)
     apns.bad.add(phone)
-    const env = isolatedEnv(tmpdir())
-    const ok = await runParley(['admin', 'push', 'test', bob, '--device', 'pixel', '--url', `http://127.0.0.1:${node.ops}`], env)
+    const key = await createKey(node.ops, node.node.config.dataDir, 'operator', `push-${run}`)
+    const ok = await adminCli(node.ops, key, ['push', 'test', bob, '--device', 'pixel'])
     assert.equal(ok.code, 0, ok.stderr)
     assert.match(ok.stdout, new RegExp(`${bob}:pixel  fcm  accepted id=projects/parley-test/messages/`))
     assert.equal(fcm.accepted(pixel).length, 1)
     assert.equal((fcm.accepted(pixel)[0]!.message.data as Record<string, string>).type, 'test')
 
-    const all = await runParley(['admin', 'push', 'test', bob, '--url', `http://127.0.0.1:${node.ops}`], env)
+    // Before the dead token goes: both devices, tokens abbreviated, the FCM test's result.
+    const tokens = await adminCli(node.ops, key, ['push', 'tokens', bob, '--json'])
+    assert.equal(tokens.code, 0, tokens.stderr)
+    const listed = tokens.json<{ devices: Array<Record<string, unknown> & { lastResult?: Record<string, unknown> }> }>().devices
+    assert.deepEqual(listed.map((d) => [d.device, d.platform, d.provider, d.via, d.app]), [
+      ['phone', 'ios', 'apns', 'apns', 'com.example.chat'],
+      ['pixel', 'android', 'fcm', 'fcm', 'parley-test']
+    ])
+    assert.equal(listed[0]!.token, `${phone.slice(0, 6)}…${phone.slice(-6)}`)
+    assert.equal(listed[0]!.lastResult, undefined, 'nothing sent to the phone yet')
+    assert.deepEqual({ ...listed[1]!.lastResult, at: 0 }, { at: 0, ok: true, via: 'fcm', type: 'test' })
+    assert.ok(!tokens.stdout.includes(phone) && !tokens.stdout.includes(pixel), 'never a whole token')
+
+    const all = await adminCli(node.ops, key, ['push', 'test', bob])
     assert.equal(all.code, 1, 'a device refused')
     assert.match(all.stdout, new RegExp(`${bob}:phone  apns  refused 400 BadDeviceToken  \\(dead token: registration removed\\)`))
-    const none = await runParley(['admin', 'push', 'test', u('nobody'), '--url', `http://127.0.0.1:${node.ops}`], env)
-    assert.equal(none.code, 1)
+    const none = await adminCli(node.ops, key, ['push', 'test', u('nobody')])
+    assert.equal(none.code, 3, 'not found')
     assert.match(none.stderr, /no push registration/)
+    const noKey = await adminCli(node.ops, undefined, ['push', 'test', bob])
+    assert.equal(noKey.code, 4)
+    const readKey = await createKey(node.ops, node.node.config.dataDir, 'read', `push-read-${run}`)
+    assert.equal((await adminCli(node.ops, readKey, ['push', 'tokens', bob])).code, 4, 'operator scope')
+    // The old unauthenticated route is gone.
+    const old = await fetch(`http://127.0.0.1:${node.ops}/plugins/push/test`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user: bob }) })
+    assert.equal(old.status, 404)
+
+    // The user view's push section: the device left, its last result.
+    const shown = await adminRequest<{ facets: { push: { devices: Array<{ device: string; lastResult?: { ok: boolean } }>; mutes: unknown[] } } }>(node.ops, readKey, 'GET', `/users/${bob}`)
+    assert.equal(shown.status, 200)
+    assert.deepEqual(shown.body.facets.push.devices.map((d) => [d.device, d.lastResult?.ok]), [['pixel', true]])
+    assert.deepEqual(shown.body.facets.push.mutes, [])
 
     const metrics = await (await fetch(`http://127.0.0.1:${node.ops}/metrics`)).text()
     assert.match(metrics, /parley_push_sent_total\{provider="fcm",type="test"\} \d+/)

@@ -4,6 +4,7 @@ import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
+import Database from 'better-sqlite3'
 import { mongoTestDb } from '../../../test/helpers/services.js'
 import { MongoRegistry, SqliteRegistry, type RegistryStore } from '../registry.js'
 import type { Registration } from '../types.js'
@@ -121,5 +122,58 @@ for (const [name, open] of backends) {
         await done()
       }
     })
+
+    it('keeps when a device registered and how its last push went, for the token it holds', async () => {
+      const { store, done } = await open()
+      try {
+        await store.register(apns('bob', 'phone', 'aa01', { updatedAt: 10 }))
+        await store.register({ user: 'bob', device: 'pixel', provider: 'fcm', token: 'fcm-1', previews: false, updatedAt: 11 })
+        assert.deepEqual(
+          (await store.statusOf('bob')).map((d) => [d.device, d.createdAt, d.lastResult]),
+          [
+            ['phone', 10, undefined],
+            ['pixel', 11, undefined]
+          ]
+        )
+        const refused = { at: 20, ok: false, via: 'apns' as const, type: 'message' as const, status: 429, reason: 'TooManyRequests' }
+        await store.recordResult('bob', 'phone', 'aa01', refused)
+        await store.recordResult('bob', 'pixel', 'fcm-old', { at: 21, ok: true, via: 'fcm', type: 'test' }) // not its token: ignored
+        await store.update('bob', 'phone', { previews: true }, 30)
+        await store.register(apns('bob', 'phone', 'aa01', { updatedAt: 40 })) // the same token again
+        const [phone, pixel] = await store.statusOf('bob')
+        assert.deepEqual([phone!.createdAt, phone!.updatedAt, phone!.lastResult], [10, 40, refused])
+        assert.equal(pixel!.lastResult, undefined)
+        assert.deepEqual(await store.get('bob', 'phone'), apns('bob', 'phone', 'aa01', { updatedAt: 40 }), 'get() shows the registration only')
+
+        await store.register(apns('bob', 'phone', 'bb02', { updatedAt: 50 })) // a new installation
+        const [renewed] = await store.statusOf('bob')
+        assert.deepEqual([renewed!.createdAt, renewed!.lastResult], [10, undefined], 'the old token\'s result is gone')
+        assert.deepEqual(await store.statusOf('nobody'), [])
+      } finally {
+        await done()
+      }
+    })
   })
 }
+
+describe('push registry: embedded files written before created_at and last_result', () => {
+  it('gains the columns; old registrations show no creation time', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'parley-pushreg-old-')), 'push.db')
+    const old = new Database(file)
+    old.exec(`CREATE TABLE push_devices (
+      user_id TEXT NOT NULL, device_id TEXT NOT NULL, provider TEXT NOT NULL, token TEXT NOT NULL,
+      topic TEXT, environment TEXT, locale TEXT, previews INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+      PRIMARY KEY (user_id, device_id))`)
+    old.prepare("INSERT INTO push_devices VALUES ('bob', 'phone', 'apns', 'aa01', 'com.example.chat', 'sandbox', NULL, 0, 5)").run()
+    old.close()
+    const store = new SqliteRegistry(file)
+    await store.init()
+    try {
+      assert.deepEqual(await store.statusOf('bob'), [apns('bob', 'phone', 'aa01', { updatedAt: 5 })])
+      await store.recordResult('bob', 'phone', 'aa01', { at: 9, ok: true, via: 'log', type: 'message' })
+      assert.deepEqual((await store.statusOf('bob'))[0]!.lastResult, { at: 9, ok: true, via: 'log', type: 'message' })
+    } finally {
+      await store.close()
+    }
+  })
+})

@@ -37,7 +37,7 @@ export interface GatherResult<T> {
 
 export class ClusterQuery {
   private readonly handlers = new Map<string, QueryHandler>()
-  private readonly pending = new Map<string, { answers: Array<NodeAnswer<unknown>>; wake: () => void }>()
+  private readonly pending = new Map<string, { expected: string[]; answers: Array<NodeAnswer<unknown>>; wake: () => void }>()
   private mq: Emitter | undefined
 
   constructor(
@@ -70,6 +70,9 @@ export class ClusterQuery {
         const reply = JSON.parse(Buffer.from(packet.payload as Uint8Array).toString('utf8')) as { id: string } & NodeAnswer<unknown>
         const waiting = this.pending.get(reply.id)
         if (!waiting) return
+        // Redis pub/sub ignores the database number: nodes of another cluster on the same Redis
+        // server hear our requests too. Only the nodes of our cluster view count.
+        if (!waiting.expected.includes(reply.node)) return
         waiting.answers.push({ node: reply.node, ok: reply.ok, result: reply.result, ...(reply.error ? { error: reply.error } : {}) })
         waiting.wake()
       } catch (err) {
@@ -116,7 +119,7 @@ export class ClusterQuery {
         if (expected.every((n) => answers.some((a) => a.node === n))) resolve()
       }
     })
-    this.pending.set(id, { answers, wake: () => wake() })
+    this.pending.set(id, { expected, answers, wake: () => wake() })
     let timer: NodeJS.Timeout | undefined
     try {
       const payload = Buffer.from(JSON.stringify({ id, from: this.opts.brokerId, name, args, ...(options.node ? { only: options.node } : {}) }))

@@ -33,7 +33,16 @@ export const AuthJwtConfig = z
     jwksCooldownMs: z.number().int().min(0).default(30_000).describe('Least time between two JWKS fetches (unknown kid)'),
     jwksTimeoutMs: z.number().int().positive().default(5000),
     disconnectOnExpiry: z.boolean().default(true).describe('Close a session when its token expires'),
-    maxTokenBytes: z.number().int().positive().default(8192)
+    maxTokenBytes: z.number().int().positive().default(8192),
+    store: z.enum(['auto', 'embedded', 'mongo']).default('auto').describe('Where bans and device revocations are kept (auto: MongoDB when mongo.url is set)'),
+    accessCacheMs: z
+      .number()
+      .int()
+      .min(0)
+      .max(600_000)
+      .default(60_000)
+      .describe("How long a user's bans and revocations are reused at CONNECT (changes reach every node at once; this bounds a missed one)"),
+    accessCacheSize: z.number().int().min(1).max(10_000_000).default(100_000).describe('Users whose bans and revocations are kept in memory')
   })
   .strict()
 

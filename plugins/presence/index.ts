@@ -312,6 +312,19 @@ export default definePlugin({
       }
     })
 
+    // parley admin users show: what operators see, whatever the user's privacy settings.
+    ctx.admin.userFacet('presence', async (user) => {
+      const s = await store()
+      const [[p], devices, privacy, contacts] = await Promise.all([state.get([user]), state.devices(user), s.privacy([user]), s.contacts(user)])
+      return {
+        online: p!.online,
+        ...(p!.lastSeen !== undefined ? { lastSeen: p!.lastSeen } : {}),
+        devices,
+        privacy: privacy.get(user)!,
+        contacts: contacts.length
+      }
+    })
+
     ctx.hook('shutdown', async () => {
       stopped = true
       clearInterval(sweeper)

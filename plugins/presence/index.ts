@@ -180,7 +180,9 @@ export default definePlugin({
     const connections = new WeakMap<Client, string>()
     ctx.hook('clientReady', async (client) => {
       const device = protocol.deviceOf(client)
-      if (!device) return
+      // Aedes may emit clientReady after clientDisconnect for a connection that closed at once:
+      // recording it then would leave a device online for ever.
+      if (!device || client.closed) return
       const token = connectionToken(ctx.brokerId, randomBytes(6).toString('hex'))
       connections.set(client, token)
       const t = await state.connect(device.userId, device.deviceId, token, Date.now())

@@ -50,6 +50,9 @@ declare module '../../broker/plugin-api.js' {
 /** Message types that wake a device: new content, not edits, deletes or system notices. */
 const PUSHED_TYPES = new Set(['text', 'media'])
 
+/** New content, or an operator's announcement (a system message with text but no group-change notice). */
+const wakes = (m: StoredMessage) => PUSHED_TYPES.has(m.type) || (m.type === 'system' && !m.notice && m.body.trim().length > 0)
+
 export default definePlugin({
   name: 'push',
   dependencies: ['protocol', 'groups', 'messages', 'presence'],
@@ -136,7 +139,7 @@ export default definePlugin({
 
     // ---- trigger ---------------------------------------------------------------------------
     const schedule = async (m: StoredMessage, recipients: readonly string[]): Promise<void> => {
-      if (!PUSHED_TYPES.has(m.type) || !recipients.length) return
+      if (!wakes(m) || !recipients.length) return
       const reg = await registry()
       const registrations = await reg.devicesOf(recipients)
       if (!registrations.length) return

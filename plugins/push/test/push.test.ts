@@ -286,6 +286,23 @@ describe('push: APNs and FCM for offline devices', { concurrency: true }, () => 
     assert.deepEqual(await b.call('push.unregister'), { removed: false })
   })
 
+  it("wakes offline devices for an operator's notice (parley admin messages send), not for group-change notices", async () => {
+    const carol = u('carol')
+    const phone = await offlineApns(carol)
+    const key = await createKey(node.ops, node.node.config.dataDir, 'operator', `notice-${run}`)
+    const sent = await adminRequest<{ id: string; conversation: string }>(node.ops, key, 'POST', '/messages/notices', { user: carol, text: 'maintenance at noon' })
+    assert.equal(sent.status, 201, JSON.stringify(sent.body))
+    await eventually(() => apns.accepted(phone).length === 1, GRACE_MS + 8000, 'the push of the notice')
+    assert.equal(parley(apns.accepted(phone)[0]!).id, sent.body.id)
+    // A group change (created, added...) is a system message too, but with a notice: never pushed.
+    const dave = u('dave')
+    const davePhone = await offlineApns(dave)
+    const owner = await device(u('owner'))
+    await owner.call('groups.create', { name: 'No push', members: [dave] })
+    await sleep(SETTLE_MS)
+    assert.equal(apns.requests.filter((r) => r.token === davePhone).length, 0)
+  })
+
   it('`parley admin push test` sends a test notification with an operator key and prints the provider\'s answer; `push tokens` lists the devices', async () => {
     const bob = u('bob9')
     const phone = await offlineApns(bob)

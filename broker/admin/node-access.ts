@@ -32,6 +32,8 @@ export interface AdminPersistence {
   subscriptionsByClient(client: { id: string }): Promise<Array<{ topic: string; qos: number }> | null>
   addSubscriptions(client: { id: string }, subs: Array<{ topic: string; qos: number }>): Promise<unknown>
   removeSubscriptions(client: { id: string }, topics: string[]): Promise<unknown>
+  /** Drops every stored subscription of a client (with Redis, its offline queue too). */
+  cleanSubscriptions(client: { id: string }): Promise<unknown>
   createRetainedStreamCombi(patterns: string[]): AsyncIterable<{ topic: string; payload: Buffer; qos: number }>
   storeRetained(packet: { topic: string; payload: Buffer; qos: number; retain: boolean; cmd: 'publish' }): Promise<unknown>
   outgoingStream(client: { id: string }): AsyncIterable<unknown>

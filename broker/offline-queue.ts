@@ -12,7 +12,7 @@
 // overshoot it by one message each.
 //
 // How long is a queue?
-//  - Redis persistence: the length of its list outgoing:<clientId> (aedes-persistence-redis 12,
+//  - Redis persistence: the length of its list outgoing:<encoded clientId> (aedes-persistence-redis 12,
 //    asyncPersistence.js outgoingKey), read in one pipelined round trip per publish.
 //  - In memory (one node): a count kept here, +1 per queued message, -1 per PUBACK of a stored
 //    session (Aedes' ack event carries the packet only for those), 0 when a clean session starts.
@@ -37,7 +37,8 @@ export function redisQueueLengths(redis: Redis): QueueLengths {
   return {
     lengths: async (ids) => {
       const pipeline = redis.pipeline()
-      for (const id of ids) pipeline.llen(`outgoing:${id}`)
+      // aedes-persistence-redis URI-encodes the id in its keys (a chat id has a ":").
+      for (const id of ids) pipeline.llen(`outgoing:${encodeURIComponent(id)}`)
       const results = (await pipeline.exec()) ?? []
       return results.map(([err, n]) => (err ? 0 : Number(n)))
     },

@@ -122,7 +122,8 @@ describe('persistent session queues are bounded', () => {
       const t = await startNode({ mqtt: { maxQueuedMessages: 5 }, ...(redis ? { redis: { url: redis } } : {}) })
       try {
         const topic = `queue/${uid()}`
-        const clientId = `away-${uid()}`
+        // A chat-style id: aedes-persistence-redis URI-encodes ":" in its keys, which the bound must follow.
+        const clientId = `away${uid()}:phone`
         const away = await connectClient(t.mqttUrl, { clientId, clean: false })
         await away.subscribeAsync(topic, { qos: 1 })
         await away.endAsync()

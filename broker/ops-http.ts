@@ -46,7 +46,12 @@ export function createOpsServer(opts: {
 }): FastifyInstance {
   // Typed as Fastify's logger so the instance keeps Fastify's default generics.
   const loggerInstance: FastifyBaseLogger = opts.log.child({ component: 'ops-http' })
-  const app = Fastify({ loggerInstance, logController: new LogController({ disableRequestLogging: true }) })
+  const app = Fastify({
+    loggerInstance,
+    logController: new LogController({ disableRequestLogging: true }),
+    // Admin routes take client ids in the path: up to 256 characters, URI-encoded (up to 12 bytes each).
+    routerOptions: { maxParamLength: 4096 }
+  })
   const startedAt = Date.now()
 
   app.get('/healthz', async () => ({

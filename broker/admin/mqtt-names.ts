@@ -2,10 +2,10 @@
 // client id glob patterns. One definition, so the CLI refuses locally exactly what the API would.
 
 /**
- * Longest client id the admin API accepts: it travels in the URL path, and Fastify's router
- * answers 404 for a path parameter over 100 characters (its default maxParamLength).
+ * Longest client id the admin API accepts: above mqtt.maxClientIdLength's default (129). It
+ * travels URI-encoded in the URL path; the operations listener's router allows that length.
  */
-export const MAX_CLIENT_ID = 100
+export const MAX_CLIENT_ID = 256
 /** Longest topic the admin API accepts (the MQTT limit, in UTF-8 bytes). */
 export const MAX_TOPIC_BYTES = 65_535
 

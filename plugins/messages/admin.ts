@@ -10,6 +10,7 @@ import type { PluginContext } from '../../broker/plugin-api.js'
 import { Id } from '../../schemas/identity.js'
 import { MAX_BODY_CHARS } from '../../schemas/protocol.js'
 import type { GroupsApi } from '../groups/index.js'
+import { envelopeFor } from './envelope.js'
 import { CONVERSATION_SYNTAX, conversationKeyOf, formatConversationName, nameOfKey, parseConversationName } from './conversation-name.js'
 import { dmKey, groupKey, type ConversationKey, type MessageStore, type StoredMessage } from './store.js'
 
@@ -29,21 +30,11 @@ const AdminMessage = z.object({
   ts: z.number().int()
 })
 
-const toAdmin = (m: StoredMessage): z.input<typeof AdminMessage> => ({
-  id: m.id,
-  seq: m.seq,
-  from: { user: m.sender.user, device: m.sender.device },
-  cmid: m.cmid,
-  type: m.type,
-  ...(m.body !== '' ? { body: m.body } : {}),
-  ...(m.media ? { media: m.media } : {}),
-  ...(m.ref !== undefined ? { ref: m.ref } : {}),
-  ...(m.notice ? { notice: m.notice } : {}),
-  ...(m.deleted ? { deleted: true } : {}),
-  ...(m.replyTo !== undefined ? { replyTo: m.replyTo } : {}),
-  e2e: m.e2e,
-  ts: m.ts
-})
+/** The envelope without the conversation (the history names it once). */
+const toAdmin = (m: StoredMessage): z.input<typeof AdminMessage> => {
+  const { conversation: _conversation, ...fields } = envelopeFor(m, m.sender.user)
+  return fields
+}
 
 export interface MessagesAdminDeps {
   store(): Promise<MessageStore>

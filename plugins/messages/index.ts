@@ -25,6 +25,7 @@ import { RpcError, type Device } from '../protocol/index.js'
 import { chooseStore, initInBackground } from '../shared/stores.js'
 import { registerMessagesAdmin } from './admin.js'
 import { BatchingAppender } from './batcher.js'
+import { conversationFor, envelopeFor } from './envelope.js'
 import { PullParams, decodeCursor, encodeCursor, mapLimited, presentPositions, pullPage } from './pull.js'
 import { Receipts } from './receipts.js'
 import { MongoStateStore, SqliteStateStore, type StateStore } from './state-store.js'
@@ -55,31 +56,7 @@ export const MessagesConfig = z
 /** How many one-to-one conversations of a user sync and the conversation list look at. */
 const MAX_CONVERSATIONS = 10_000
 
-/** The conversation as the reader sees it: a dm names the other user. */
-export function conversationFor(key: ConversationKey, reader: string): ConversationRef {
-  if (key.startsWith('g:')) return { kind: 'group', id: key.slice(2) }
-  const [, a, b] = key.split(':') as [string, string, string]
-  return { kind: 'dm', id: a === reader ? b : a }
-}
-
-export function envelopeFor(m: StoredMessage, reader: string): MessageEnvelope {
-  return {
-    id: m.id,
-    seq: m.seq,
-    conversation: conversationFor(m.conversation, reader),
-    from: { user: m.sender.user, device: m.sender.device },
-    cmid: m.cmid,
-    type: m.type,
-    ...(m.body !== '' ? { body: m.body } : {}),
-    ...(m.media ? { media: m.media } : {}),
-    ...(m.ref !== undefined ? { ref: m.ref } : {}),
-    ...(m.notice ? { notice: m.notice } : {}),
-    ...(m.deleted ? { deleted: true } : {}),
-    ...(m.replyTo !== undefined ? { replyTo: m.replyTo } : {}),
-    e2e: m.e2e,
-    ts: m.ts
-  }
-}
+export { conversationFor, envelopeFor }
 
 const SyncParams = z
   .object({

@@ -7,7 +7,8 @@ import { ADMIN_EXIT, CliError } from './client.js'
 import { action, requireId, show, withCommon, type AdminRun } from './kit.js'
 import { ago, fields, table, when } from './output.js'
 
-interface ClientInfo {
+/** A row of `GET /clients` (also used by the tests). */
+export interface ClientInfo {
   clientId: string
   user?: string
   device?: string

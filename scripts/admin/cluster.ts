@@ -1,5 +1,6 @@
 // parley admin keys | status | nodes | drain | config show
 import type { Command } from 'commander'
+import type { NodeRecord } from '../../broker/cluster-view.js'
 import { ADMIN_EXIT, CliError } from './client.js'
 import { action, show, withCommon } from './kit.js'
 import { ago, fields, table, when } from './output.js'
@@ -11,17 +12,6 @@ interface KeyInfo {
   createdAt: number
   expiresAt?: number
   revokedAt?: number
-}
-interface NodeRecord {
-  brokerId: string
-  nodeName: string
-  host: string
-  pid: number
-  startedAt: number
-  lastHeartbeat: number
-  clients: number
-  accepting: boolean
-  listeners: Array<{ name: string; host: string; port: number }>
 }
 interface Status {
   self: string

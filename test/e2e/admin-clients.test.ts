@@ -17,6 +17,7 @@ import { AuthJwtConfig } from '../../plugins/auth-jwt/config.js'
 import { mintToken } from '../../plugins/auth-jwt/keys.js'
 import { adminCli, adminRequest, createKey } from '../helpers/admin.js'
 import { BARE, eventually, startBroker, within, type BrokerProcess } from '../helpers/broker-process.js'
+import type { ClientInfo } from '../../scripts/admin/clients.js'
 import { connectClient } from '../helpers/node.js'
 import { mongoTestDb, mongoUrl, redisDb } from '../helpers/services.js'
 
@@ -24,20 +25,7 @@ const uid = () => randomBytes(4).toString('hex')
 /** A bound on each test: a hang fails it, and after() still stops the brokers. */
 const TEST_TIMEOUT_MS = 180_000
 
-interface ClientRow {
-  clientId: string
-  user?: string
-  device?: string
-  node: string
-  address?: string
-  listener?: string
-  connectedAt?: number
-  keepalive: number
-  cleanSession: boolean
-  protocolVersion: number
-  subscriptions: number
-  queued?: number
-}
+type ClientRow = ClientInfo
 interface ClientsAnswer {
   clients: ClientRow[]
   total: number

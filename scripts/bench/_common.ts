@@ -10,16 +10,17 @@ const ROOT = join(import.meta.dirname, '..', '..')
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
-let clockTicks: number | undefined
-function ticksPerSecond(): number {
-  if (clockTicks === undefined) {
+let ticks: number | undefined
+/** Clock ticks per second of /proc's CPU counters. */
+export function clockTicks(): number {
+  if (ticks === undefined) {
     try {
-      clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
+      ticks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
     } catch {
-      clockTicks = 100
+      ticks = 100
     }
   }
-  return clockTicks
+  return ticks
 }
 
 /** CPU time (user + system, all threads) a process has used so far, in ms, from /proc/<pid>/stat. */
@@ -29,7 +30,7 @@ export function cpuMs(pid: number): number {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   const utime = Number(fields[11])
   const stime = Number(fields[12])
-  return ((utime + stime) * 1000) / ticksPerSecond()
+  return ((utime + stime) * 1000) / clockTicks()
 }
 
 /** Resident memory now (VmRSS) and at its peak (VmHWM), in MiB, from /proc/<pid>/status. */

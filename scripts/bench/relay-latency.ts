@@ -57,7 +57,10 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
         }
         // A window far above rate x latency: it only bounds a target that cannot keep up.
         const res = await gen.run(t, { window: 1000, rate: r, warmupMs: common.warmupMs, durationMs: seconds * 1000 })
-        rows.push({ target, rate: r, rateFrom, ...res, limitedBy: limitedBy(res, target) })
+        // At a fixed rate "limited by" says whether the rate was held, and what was near saturation.
+        const behind = res.deliveredPerSecond < 0.97 * r ? `could not keep up with the rate (${fmt(res.deliveredPerSecond)}/s delivered): latency is queueing; ` : ''
+        const why = limitedBy(res, target)
+        rows.push({ target, rate: r, rateFrom, ...res, limitedBy: `${behind}${why.startsWith('neither') ? 'the fixed rate (neither side saturated)' : why}` })
         progress(`${target} at ${fmt(r)}/s: delivered ${fmt(res.deliveredPerSecond)}/s, p50 ${res.latencyMs.p50} p99 ${res.latencyMs.p99} p99.9 ${res.latencyMs.p999} ms, broker ${res.brokerCores}, generator ${res.generatorCores} (ELU ${res.workerElu.join(', ')})`)
       } finally {
         await gen.close()

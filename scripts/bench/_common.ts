@@ -106,7 +106,10 @@ export interface Broker {
 export async function startBroker(options: { args?: string[]; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Broker> {
   const dataDir = mkdtempSync(join(tmpdir(), 'parley-bench-data-'))
   const env: NodeJS.ProcessEnv = { ...isolatedEnv(dataDir), ...options.env }
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'scripts', 'parley.ts'), 'start', ...(options.args ?? [])], {
+  // BENCH_BROKER_NODE_ARGS: extra Node options for the broker only, e.g. to profile it:
+  // BENCH_BROKER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" (NODE_OPTIONS refuses --cpu-prof).
+  const nodeArgs = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter(Boolean)
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', join(ROOT, 'scripts', 'parley.ts'), 'start', ...(options.args ?? [])], {
     cwd: ROOT,
     env,
     stdio: ['ignore', 'pipe', 'pipe']

@@ -483,3 +483,14 @@ export function benchmarksDoc(info: MachineInfo, command: string, sections: Arra
     ''
   ].join('\n')
 }
+
+/** Sets each row's ratio to plain Aedes and to Mosquitto at the same QoS, from the rows of one run. */
+export function addRatios(rows: Array<{ target: TargetName; qos: 0 | 1; deliveredPerSecond: number; vsAedes?: number; vsMosquitto?: number }>): void {
+  for (const r of rows) {
+    const same = (name: TargetName) => rows.find((x) => x.target === name && x.qos === r.qos)?.deliveredPerSecond
+    const a = same('aedes')
+    const m = same('mosquitto')
+    if (a) r.vsAedes = Math.round((r.deliveredPerSecond / a) * 100) / 100
+    if (m) r.vsMosquitto = Math.round((r.deliveredPerSecond / m) * 100) / 100
+  }
+}

@@ -6,7 +6,7 @@
 //                                 [--workers 2] [--client raw|mqttjs] [--payload 100] [--targets a,b]
 import { parseArgs } from 'node:util'
 import { memoryMiB, round } from './_common.js'
-import { COMMON_ARGS, Generator, commonOptions, fmt, limitedBy, progress, withTarget, type RunResult, type TargetName } from './_relay.js'
+import { COMMON_ARGS, Generator, addRatios, commonOptions, fmt, limitedBy, progress, withTarget, type RunResult, type TargetName } from './_relay.js'
 
 export const description = 'pure relay fan-out: 1 publisher to 1,000 online subscribers, deliveries/s and broker RSS; Parley vs Aedes vs Mosquitto'
 
@@ -59,13 +59,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
       })
     }
   }
-  for (const r of rows) {
-    const same = (name: TargetName) => rows.find((x) => x.target === name && x.qos === r.qos)?.deliveredPerSecond
-    const a = same('aedes')
-    const m = same('mosquitto')
-    if (a) r.vsAedes = round(r.deliveredPerSecond / a, 2)
-    if (m) r.vsMosquitto = round(r.deliveredPerSecond / m, 2)
-  }
+  addRatios(rows)
   return { subscribers, window, seconds, workers: common.workers, client: common.client, payloadBytes: common.payload, rows }
 }
 

@@ -5,7 +5,7 @@
 //   npm run bench relay-p2p -- [--pairs 32] [--window 16] [--seconds 5] [--qos 1,0] [--workers 2]
 //                              [--client raw|mqttjs] [--payload 100] [--warmup-ms 1000] [--targets a,b]
 import { parseArgs } from 'node:util'
-import { COMMON_ARGS, Generator, commonOptions, fmt, limitedBy, measuredMaxQos1, progress, withTarget, type RunResult, type TargetName } from './_relay.js'
+import { COMMON_ARGS, Generator, addRatios, commonOptions, fmt, limitedBy, measuredMaxQos1, progress, withTarget, type RunResult, type TargetName } from './_relay.js'
 
 export const description = 'pure relay 1->1: N pairs, QoS 1 and 0, msg/s delivered; Parley vs plain Aedes vs Mosquitto'
 
@@ -46,13 +46,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
       }
     })
   }
-  for (const r of rows) {
-    const same = (name: TargetName) => rows.find((x) => x.target === name && x.qos === r.qos)?.deliveredPerSecond
-    const a = same('aedes')
-    const m = same('mosquitto')
-    if (a) r.vsAedes = Math.round((r.deliveredPerSecond / a) * 100) / 100
-    if (m) r.vsMosquitto = Math.round((r.deliveredPerSecond / m) * 100) / 100
-  }
+  addRatios(rows)
   return { pairs, window, seconds, workers: common.workers, client: common.client, payloadBytes: common.payload, rows }
 }
 

@@ -286,7 +286,7 @@ export class BrokerNode {
         if (!this.persistence) throw new Error('the broker is not started yet')
         return this.persistence as unknown as AdminPersistence
       },
-      queueLengths: () => this.queueLengths,
+      persistenceRedis: () => this.clusterRedis[2],
       host: () => this.host!,
       nodes: () => this.clusterView!.nodes(),
       readiness: async () => {
@@ -330,6 +330,7 @@ export class BrokerNode {
       const sub = newRedis(config.redis.url, 'mq-sub', this.log)
       const pub = newRedis(config.redis.url, 'mq-pub', this.log)
       const store = newRedis(config.redis.url, 'persistence', this.log)
+      // Order matters: nodeAccess().persistenceRedis is the third.
       this.clusterRedis = [sub, pub, store]
       // One exact Redis channel per user tree instead of a pattern per subscription (routed-emitter.ts).
       const redisMq = routeByUser(mqemitterRedis({ subConn: sub, pubConn: pub }))

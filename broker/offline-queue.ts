@@ -33,12 +33,14 @@ export interface QueueLengths {
 }
 
 /** Lengths read from aedes-persistence-redis's own lists: exact across the cluster. */
+/** aedes-persistence-redis's key of a client's queue: the id is URI-encoded (a chat id has a ":"). */
+export const redisOutgoingKey = (clientId: string): string => `outgoing:${encodeURIComponent(clientId)}`
+
 export function redisQueueLengths(redis: Redis): QueueLengths {
   return {
     lengths: async (ids) => {
       const pipeline = redis.pipeline()
-      // aedes-persistence-redis URI-encodes the id in its keys (a chat id has a ":").
-      for (const id of ids) pipeline.llen(`outgoing:${encodeURIComponent(id)}`)
+      for (const id of ids) pipeline.llen(redisOutgoingKey(id))
       const results = (await pipeline.exec()) ?? []
       return results.map(([err, n]) => (err ? 0 : Number(n)))
     },

@@ -93,16 +93,16 @@ export class AdminApi {
 
   constructor(private readonly opts: AdminApiOptions) {}
 
-  /** Declares a route; before or after mount. */
+  /** Declares a route (before mount: plugins do it in register()). */
   route<P extends z.ZodType, Q extends z.ZodType, B extends z.ZodType, R extends z.ZodType>(route: AdminRoute<P, Q, B, R>): void {
     const r = route as unknown as AdminRoute
     const clash = this.routes.find((x) => x.method === r.method && x.path === r.path)
     if (clash) throw new Error(`admin route ${r.method} ${r.path} is declared twice`)
+    if (this.app) throw new Error(`admin route ${r.method} ${r.path} declared after the API was mounted: declare routes in register()`)
     this.routes.push(r)
-    if (this.app) this.mountOne(this.app, r)
   }
 
-  /** Serves every declared route (and those declared later) on `app`. */
+  /** Serves every declared route on `app`. */
   mount(app: FastifyInstance): void {
     this.app = app
     app.get(`${ADMIN_PREFIX}/openapi.json`, async () => this.openapi())

@@ -1,6 +1,7 @@
 // Core admin routes: API keys, cluster status, nodes, drain, the effective configuration.
 // The chat entities (users, groups, messages, push) are declared by their plugins.
 import { z } from 'zod'
+import { Id } from '../../schemas/identity.js'
 import { redactConfig } from '../config.js'
 import { AdminError, type AdminApi } from './api.js'
 import type { ClusterQuery } from './cluster-query.js'
@@ -30,7 +31,6 @@ export class UserFacets {
   }
 }
 
-const UserId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, { error: 'expected 1-64 characters of A-Z a-z 0-9 _ -' })
 
 /** A connected client as the user view lists it. */
 const UserClient = z.object({ clientId: z.string(), node: z.string(), connectedAt: z.number().int().optional(), address: z.string().optional() })
@@ -188,7 +188,7 @@ export function registerCoreRoutes(api: AdminApi, query: ClusterQuery, node: Nod
 
   // ---- users: the core part (connected clients) and every plugin's facet ----------------------
   query.handle('core.userClients', async (args) => {
-    const { user } = z.object({ user: UserId }).parse(args)
+    const { user } = z.object({ user: Id }).parse(args)
     const prefix = `${user}:`
     return Object.values(node.clients())
       .filter((c) => c && !c.closed && c.id?.startsWith(prefix))
@@ -204,7 +204,7 @@ export function registerCoreRoutes(api: AdminApi, query: ClusterQuery, node: Nod
     tag: 'users',
     scope: 'read',
     summary: 'A user: connected clients on every node, and what each plugin knows (devices, groups, presence, last seen...)',
-    params: z.object({ user: UserId }),
+    params: z.object({ user: Id }),
     response: z.object({
       user: z.string(),
       clients: z.array(UserClient),

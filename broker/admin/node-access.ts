@@ -2,10 +2,10 @@
 // the cluster view, its configuration and metrics, and its stop. Kept to one interface so the
 // routes stay testable and the node's internals stay private to node.ts.
 import type { Aedes, Client } from 'aedes'
+import type { Redis } from 'ioredis'
 import type { Registry } from 'prom-client'
 import type { Config } from '../../schemas/config.js'
 import type { NodeRecord } from '../cluster-view.js'
-import type { QueueLengths } from '../offline-queue.js'
 import type { PluginHost } from '../plugin-host.js'
 
 export interface NodeAccess {
@@ -18,7 +18,8 @@ export interface NodeAccess {
   clients(): Record<string, Client | undefined>
   /** Aedes's persistence (memory or Redis): sessions, subscriptions, retained messages, offline queues. */
   persistence(): AdminPersistence
-  queueLengths(): QueueLengths | undefined
+  /** The persistence's Redis connection (a command connection), when the node runs over Redis. */
+  persistenceRedis(): Redis | undefined
   host(): PluginHost
   nodes(): Promise<NodeRecord[]>
   /** Readiness of each backend on this node. */

@@ -7,6 +7,7 @@
 // on the only node without it), so the node answering the request reads and changes them itself.
 import type { Client } from 'aedes'
 import { z } from 'zod'
+import { Id } from '../../schemas/identity.js'
 import { parseClientId } from '../../schemas/identity.js'
 import { AdminError, type AdminApi } from './api.js'
 import type { ClusterQuery, GatherResult } from './cluster-query.js'
@@ -22,7 +23,6 @@ const checked = (problem: (s: string) => string | undefined) =>
   })
 const ClientId = checked(clientIdProblem)
 const TopicFilter = checked(topicFilterProblem)
-const UserId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, { error: 'expected 1-64 characters of A-Z a-z 0-9 _ -' })
 const Qos = z.union([z.literal(0), z.literal(1), z.literal(2)])
 const limit = (max: number, byDefault: number) => z.coerce.number().int().min(1).max(max).default(byDefault)
 const Flag = z
@@ -49,13 +49,13 @@ export const ClientInfo = z.object({
 })
 type ClientInfo = z.infer<typeof ClientInfo>
 
-const ClientDetail = ClientInfo.omit({ subscriptions: true }).extend({
+export const ClientDetail = ClientInfo.omit({ subscriptions: true }).extend({
   anonymous: z.boolean().describe('let in by mqtt.allowAnonymous, not by a plugin'),
   subscriptions: z.array(Subscription)
 })
 type ClientDetail = z.infer<typeof ClientDetail>
 
-const SessionInfo = z.object({
+export const SessionInfo = z.object({
   clientId: z.string(),
   user: z.string().optional(),
   device: z.string().optional(),
@@ -73,7 +73,7 @@ const SubscriptionChange = z.object({
 })
 
 // What the cluster queries carry and answer.
-const ClientsArgs = z.object({ user: UserId.optional(), match: z.string().optional(), limit: z.number().int() })
+const ClientsArgs = z.object({ user: Id.optional(), match: z.string().optional(), limit: z.number().int() })
 type ClientsAnswer = { clients: ClientInfo[]; total: number }
 const OneClientArgs = z.object({ clientId: z.string() })
 const KickArgs = z.object({ clientId: z.string(), session: z.boolean() })
@@ -209,7 +209,7 @@ export function registerSessionRoutes(api: AdminApi, query: ClusterQuery, node: 
     summary: 'Connected MQTT clients on every node (persistent sessions that are offline: GET /sessions)',
     query: z
       .object({
-        user: UserId.optional(),
+        user: Id.optional(),
         node: z.string().min(1).max(128).optional().describe('broker id or node name: only that node'),
         match: checked(globProblem).optional().describe('client id glob: * any characters, ? one'),
         limit: limit(100_000, 1000)
@@ -346,7 +346,7 @@ export function registerSessionRoutes(api: AdminApi, query: ClusterQuery, node: 
     scope: 'read',
     summary: 'Persistent sessions (clean session off), online or not, with their queue depth',
     description: 'A persistent session is what Aedes stores for a client id: its subscriptions and its queue of QoS 1/2 messages. `user` filters on `<user>:<device>` client ids.',
-    query: z.object({ user: UserId.optional(), limit: limit(100_000, 1000) }).strict(),
+    query: z.object({ user: Id.optional(), limit: limit(100_000, 1000) }).strict(),
     response: z.object({ sessions: z.array(SessionInfo), total: z.number().int(), truncated: z.boolean(), missing: Missing }),
     handler: async ({ query: q }) => {
       const prefix = q.user ? `${q.user}:` : undefined

@@ -10,7 +10,8 @@
 //    node, so the ids are remembered at connect; a remembered id whose subscriptions are gone (a
 //    clean session took the id over, or it was discarded) is no session any more. Queues are
 //    counted from the persistence's own outgoing stream, which is exact.
-import { Redis } from 'ioredis'
+import type { Redis } from 'ioredis'
+import { redisOutgoingKey } from '../offline-queue.js'
 import type { AdminPersistence, NodeAccess } from './node-access.js'
 
 export interface SessionStats {
@@ -31,14 +32,12 @@ export interface SessionStore {
   remember(id: string): void
 }
 
-const outgoingKey = (id: string) => `outgoing:${encodeURIComponent(id)}`
 const subscriptionsKey = (id: string) => `client:${encodeURIComponent(id)}`
 
 export function sessionStore(node: NodeAccess): SessionStore {
   const persistence = (): AdminPersistence => node.persistence()
   const subscriptions = async (id: string) => (await persistence().subscriptionsByClient({ id })) ?? []
-  const url = node.config.redis.url
-  if (url) return redisSessions(url, subscriptions)
+  if (node.config.redis.url) return redisSessions(() => node.persistenceRedis(), subscriptions)
 
   const seen = new Set<string>()
   // A notification after the CONNACK: the session exists by then.
@@ -72,17 +71,12 @@ export function sessionStore(node: NodeAccess): SessionStore {
   }
 }
 
-function redisSessions(url: string, subscriptions: (id: string) => Promise<Array<{ topic: string; qos: number }>>): SessionStore {
-  // A connection per admin request: admin requests are rare, and nothing is left to close at stop.
+function redisSessions(connection: () => Redis | undefined, subscriptions: (id: string) => Promise<Array<{ topic: string; qos: number }>>): SessionStore {
+  // The persistence's own connection: it reads the persistence's keys, and is already open.
   const withRedis = async <T>(work: (redis: Redis) => Promise<T>): Promise<T> => {
-    const redis = new Redis(url, { connectionName: 'admin', lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 5000, retryStrategy: () => null })
-    redis.on('error', () => undefined) // the command that needed it rejects with the cause
-    try {
-      await redis.connect()
-      return await work(redis)
-    } finally {
-      redis.disconnect()
-    }
+    const redis = connection()
+    if (!redis || redis.status !== 'ready') throw new Error('Redis is not connected')
+    return work(redis)
   }
   const lengths = (redis: Redis, keys: string[], command: 'llen' | 'hlen') => {
     const pipeline = redis.pipeline()
@@ -108,10 +102,10 @@ function redisSessions(url: string, subscriptions: (id: string) => Promise<Array
       ids.length === 0
         ? Promise.resolve([])
         : withRedis(async (redis) => {
-            const [subs, queued] = await Promise.all([lengths(redis, ids.map(subscriptionsKey), 'hlen'), lengths(redis, ids.map(outgoingKey), 'llen')])
+            const [subs, queued] = await Promise.all([lengths(redis, ids.map(subscriptionsKey), 'hlen'), lengths(redis, ids.map(redisOutgoingKey), 'llen')])
             return ids.map((_, i) => ({ subscriptions: subs[i]!, queued: queued[i]! }))
           }),
-    queued: (ids) => (ids.length === 0 ? Promise.resolve([]) : withRedis((redis) => lengths(redis, ids.map(outgoingKey), 'llen'))),
+    queued: (ids) => (ids.length === 0 ? Promise.resolve([]) : withRedis((redis) => lengths(redis, ids.map(redisOutgoingKey), 'llen'))),
     subscriptions,
     remember: () => undefined
   }

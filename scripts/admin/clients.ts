@@ -2,40 +2,18 @@
 // `vmq-admin session show` and `emqx ctl clients`. Every argument is checked here before any
 // request, with the same rules as the API (broker/admin/mqtt-names.ts).
 import type { Command } from 'commander'
+import type { z } from 'zod'
+import type { ClientDetail as ClientDetailSchema, ClientInfo as ClientInfoSchema, SessionInfo as SessionInfoSchema } from '../../broker/admin/session-routes.js'
 import { clientIdProblem, globProblem, topicFilterProblem } from '../../broker/admin/mqtt-names.js'
 import { ADMIN_EXIT, CliError } from './client.js'
 import { action, requireId, show, withCommon, type AdminRun } from './kit.js'
 import { ago, fields, table, when } from './output.js'
 
-/** A row of `GET /clients` (also used by the tests). */
-export interface ClientInfo {
-  clientId: string
-  user?: string
-  device?: string
-  node: string
-  address?: string
-  listener?: string
-  connectedAt?: number
-  keepalive: number
-  cleanSession: boolean
-  protocolVersion: number
-  subscriptions: number
-  queued?: number
-}
-interface Subscription {
-  topic: string
-  qos: number
-}
-type ClientDetail = Omit<ClientInfo, 'subscriptions'> & { anonymous: boolean; subscriptions: Subscription[] }
-interface SessionInfo {
-  clientId: string
-  user?: string
-  device?: string
-  online: boolean
-  node?: string
-  subscriptions: number
-  queued: number
-}
+/** The API's own row types (broker/admin/session-routes.ts). */
+export type ClientInfo = z.output<typeof ClientInfoSchema>
+type ClientDetail = z.output<typeof ClientDetailSchema>
+export type SessionInfo = z.output<typeof SessionInfoSchema>
+type Subscription = ClientDetail['subscriptions'][number]
 interface Listing {
   total: number
   truncated: boolean

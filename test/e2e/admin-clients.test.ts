@@ -17,7 +17,7 @@ import { AuthJwtConfig } from '../../plugins/auth-jwt/config.js'
 import { mintToken } from '../../plugins/auth-jwt/keys.js'
 import { adminCli, adminRequest, createKey } from '../helpers/admin.js'
 import { BARE, eventually, startBroker, within, type BrokerProcess } from '../helpers/broker-process.js'
-import type { ClientInfo } from '../../scripts/admin/clients.js'
+import type { ClientInfo, SessionInfo } from '../../scripts/admin/clients.js'
 import { connectClient } from '../helpers/node.js'
 import { mongoTestDb, mongoUrl, redisDb } from '../helpers/services.js'
 
@@ -32,15 +32,7 @@ interface ClientsAnswer {
   truncated: boolean
   missing: string[]
 }
-interface SessionRow {
-  clientId: string
-  user?: string
-  device?: string
-  online: boolean
-  node?: string
-  subscriptions: number
-  queued: number
-}
+type SessionRow = SessionInfo
 interface SessionDetail extends Omit<SessionRow, 'subscriptions'> {
   subscriptions: Array<{ topic: string; qos: number }>
 }

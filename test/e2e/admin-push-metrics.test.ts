@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { MongoClient } from 'mongodb'
 import { startApnsFake, type ApnsFake } from '../../plugins/push/test/fakes/apns-fake.js'
-import { makeTestCredentials, type TestCredentials } from '../../plugins/push/test/fakes/certs.js'
+import { fakeProviderConfig, makeTestCredentials, type TestCredentials } from '../../plugins/push/test/fakes/certs.js'
 import { startFcmFake, type FcmFake } from '../../plugins/push/test/fakes/fcm-fake.js'
 import { adminCli, adminRequest, createKey } from '../helpers/admin.js'
 import { eventually, ROOT, startBroker, type BrokerProcess } from '../helpers/broker-process.js'
@@ -80,9 +80,7 @@ describe('admin API and CLI: push and metrics on a two-node cluster', { timeout:
         '  - messages',
         '  - presence',
         '  - use: push',
-        '    config:',
-        `      apns: { keyFile: "${creds.apns.keyFile}", keyId: ${creds.apns.keyId}, teamId: ${creds.apns.teamId}, topic: com.example.chat, address: localhost, port: ${apns.port}, caFile: "${creds.certFile}" }`,
-        `      fcm: { serviceAccountFile: "${creds.fcm.serviceAccountFile}", connectTo: "127.0.0.1:${fcm.port}", caFile: "${creds.certFile}" }`
+        `    config: ${JSON.stringify(fakeProviderConfig(creds, { apns: apns.port, fcm: fcm.port }))}`
       ].join('\n')
     )
     ;[a, b] = await Promise.all([

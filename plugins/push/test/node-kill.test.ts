@@ -13,7 +13,7 @@ import { eventually, startBroker, type BrokerProcess } from '../../../test/helpe
 import { testDevice, type TestDevice } from '../../../test/helpers/device.js'
 import { mongoUrl, redisDb } from '../../../test/helpers/services.js'
 import { startApnsFake, type ApnsFake } from './fakes/apns-fake.js'
-import { makeTestCredentials, type TestCredentials } from './fakes/certs.js'
+import { fakeProviderConfig, makeTestCredentials, type TestCredentials } from './fakes/certs.js'
 
 /** Shared with queue-contract.test.ts; every key here has its own prefix, so nothing is flushed. */
 const REDIS_DB = 15
@@ -61,10 +61,7 @@ describe('push: a node killed with pushes pending', () => {
         '  - messages',
         '  - presence',
         '  - use: push',
-        '    config:',
-        '      graceMs: 1000',
-        `      worker: { pollMs: 100, visibilityMs: ${VISIBILITY_MS} }`,
-        `      apns: { keyFile: "${creds.apns.keyFile}", keyId: ${creds.apns.keyId}, teamId: ${creds.apns.teamId}, topic: com.example.chat, address: localhost, port: ${apns.port}, caFile: "${creds.certFile}" }`
+        `    config: ${JSON.stringify({ graceMs: 1000, worker: { pollMs: 100, visibilityMs: VISIBILITY_MS }, ...fakeProviderConfig(creds, { apns: apns.port }) })}`
       ].join('\n')
     )
     const a = await startBroker({ args: ['--config', config], env: { PARLEY_NODE_NAME: 'push-kill-a' } })

@@ -12,7 +12,7 @@ import { eventually } from '../../../test/helpers/broker-process.js'
 import { testDevice, type TestDevice } from '../../../test/helpers/device.js'
 import { startNode, type TestNode } from '../../../test/helpers/node.js'
 import { startApnsFake, type ApnsFake } from './fakes/apns-fake.js'
-import { makeTestCredentials, type TestCredentials } from './fakes/certs.js'
+import { fakeProviderConfig, makeTestCredentials, type TestCredentials } from './fakes/certs.js'
 import { startFcmFake, type FcmFake } from './fakes/fcm-fake.js'
 
 const GRACE_MS = 3000
@@ -75,8 +75,7 @@ describe('push: APNs and FCM for offline devices', { concurrency: true }, () => 
             // Short back-off: a retry that came before the provider's Retry-After would show.
             retry: { baseMs: 100, maxMs: 400, maxAttempts: 5 },
             rateLimit: { perMinute: 600, burst: 20 },
-            apns: { keyFile: creds.apns.keyFile, keyId: creds.apns.keyId, teamId: creds.apns.teamId, topic: 'com.example.chat', address: 'localhost', port: apns.port, caFile: creds.certFile },
-            fcm: { serviceAccountFile: creds.fcm.serviceAccountFile, connectTo: `127.0.0.1:${fcm.port}`, caFile: creds.certFile }
+            ...fakeProviderConfig(creds, { apns: apns.port, fcm: fcm.port })
           }
         }
       ]

@@ -70,3 +70,13 @@ export function makeTestCredentials(): TestCredentials {
     fcm: { serviceAccountFile, projectId, clientEmail, publicKey: fcmKey.publicKey.export({ type: 'spki', format: 'pem' }).toString() }
   }
 }
+
+/** The push plugin's provider settings that point at the fakes (JSON is valid YAML flow style too). */
+export function fakeProviderConfig(creds: TestCredentials, ports: { apns?: number; fcm?: number }): Record<string, unknown> {
+  return {
+    ...(ports.apns !== undefined
+      ? { apns: { keyFile: creds.apns.keyFile, keyId: creds.apns.keyId, teamId: creds.apns.teamId, topic: 'com.example.chat', address: 'localhost', port: ports.apns, caFile: creds.certFile } }
+      : {}),
+    ...(ports.fcm !== undefined ? { fcm: { serviceAccountFile: creds.fcm.serviceAccountFile, connectTo: `127.0.0.1:${ports.fcm}`, caFile: creds.certFile } } : {})
+  }
+}

@@ -414,10 +414,6 @@ export class BrokerNode {
           for (const [listener, n] of Object.entries(clientsBy)) this.set({ listener }, n)
         }
       }),
-      // Kept for existing dashboards and tests: parley_mqtt_connections_total summed over listeners.
-      connections: new Counter({ name: 'parley_connections_total', help: 'MQTT clients that completed CONNECT (all listeners; see parley_mqtt_connections_total)', registers: [r] }),
-      // Kept for existing dashboards and tests: the same numbers as parley_mqtt_messages_received_total.
-      published: qosCounter(r, 'parley_messages_published_total', 'Messages published by clients (same as parley_mqtt_messages_received_total)', receivedByQos),
       clientErrors: new Counter({ name: 'parley_client_errors_total', help: 'Client and connection errors (protocol errors, resets)', registers: [r] }),
       connectTimeouts: new Counter({
         name: 'parley_connect_timeouts_total',
@@ -456,7 +452,6 @@ export class BrokerNode {
       counted.set(client, listener)
       metrics.clientsBy[listener] = (metrics.clientsBy[listener] ?? 0) + 1
       metrics.connectionsBy.inc({ listener })
-      metrics.connections.inc()
     })
     aedes.on('clientReady', (client) => {
       if (client.clean) this.queueLengths?.cleared(client.id)

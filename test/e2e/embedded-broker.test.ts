@@ -100,8 +100,8 @@ describe('bare broker process (the MQTT relay without plugins, anonymous)', () =
     assert.equal(ready.status, 200)
     assert.deepEqual(((await ready.json()) as { checks: object }).checks, {}, 'the embedded default has no backends to check')
     const metrics = await (await fetch(`${base}/metrics`)).text()
-    assert.match(metrics, /^parley_connections_total \d+$/m)
-    assert.match(metrics, /^parley_messages_published_total\{qos="1"\} \d+$/m)
+    assert.match(metrics, /^parley_mqtt_connections_total\{listener="tcp"\} [1-9]\d*$/m)
+    assert.match(metrics, /^parley_mqtt_messages_received_total\{qos="1"\} [1-9]\d*$/m)
     assert.match(metrics, /^process_resident_memory_bytes \d+/m)
   })
 

@@ -40,6 +40,8 @@ export interface RawClientOptions {
   clientId: string
   keepalive?: number
   timeoutMs?: number
+  /** false: a persistent session (the broker keeps it and queues QoS 1 for it); default true. */
+  clean?: boolean
 }
 
 export class RawClient {
@@ -68,7 +70,7 @@ export class RawClient {
   static async connect(o: RawClientOptions): Promise<RawClient> {
     const socket = connect({ host: o.host, port: o.port })
     const client = new RawClient(socket)
-    const flags = 0x02 // clean session, no will, no credentials
+    const flags = o.clean === false ? 0x00 : 0x02 // clean session or not; no will, no credentials
     const keepalive = Buffer.alloc(2)
     keepalive.writeUInt16BE(o.keepalive ?? 300, 0)
     const connack = client.wait('connack', o.timeoutMs ?? 30_000)

@@ -17,9 +17,9 @@ interface Conn {
   close(): Promise<void>
 }
 
-async function open(init: WorkerInit, clientId: string, onMessage: (topic: string, payload: Buffer) => void, onAck: () => void): Promise<Conn> {
+async function open(init: WorkerInit, clientId: string, onMessage: (topic: string, payload: Buffer) => void, onAck: () => void, clean = true): Promise<Conn> {
   if (init.client === 'raw') {
-    const c = await RawClient.connect({ host: init.host, port: init.port, clientId })
+    const c = await RawClient.connect({ host: init.host, port: init.port, clientId, clean })
     c.onMessage = onMessage
     c.onPuback = onAck
     return {
@@ -28,7 +28,7 @@ async function open(init: WorkerInit, clientId: string, onMessage: (topic: strin
       close: () => c.close()
     }
   }
-  const c = await mqtt.connectAsync(`mqtt://${init.host}:${init.port}`, { clientId, protocolVersion: 4, clean: true, keepalive: 300, reconnectPeriod: 0, connectTimeout: 30_000 })
+  const c = await mqtt.connectAsync(`mqtt://${init.host}:${init.port}`, { clientId, protocolVersion: 4, clean, keepalive: 300, reconnectPeriod: 0, connectTimeout: 30_000 })
   c.on('message', onMessage)
   return {
     publish: (_topic, text, payload, qos) => void c.publish(text, payload, { qos }, () => onAck()),
@@ -47,6 +47,8 @@ const publishers = new Map<number, Conn>()
 const subscribers: Conn[] = []
 const samples = new Float64Array(init.sampleCap)
 let sampleCount = 0
+/** Delivered receipts chat senders received while measuring. */
+let receipts = 0
 let errors = 0
 let lastError = ''
 let elu0 = performance.eventLoopUtilization()
@@ -122,14 +124,23 @@ async function connectAll(): Promise<void> {
   for (const f of init.pubs) {
     const id = init.kind === 'relay' ? `bp${init.run}f${f}` : `${chatUsers(init.run, f).from}:phone`
     jobs.push(async () => {
-      publishers.set(f, await open(init, id, () => {}, () => mode?.mode === 'window' && pump(f)))
+      // A chat sender listens to its own tree as an app does: carbons of its sends and the
+      // recipient's delivered receipts (u/<sender>/r).
+      const onOwnTree = (topic: string) => {
+        if (topic.endsWith('/r') && Atomics.load(shared, MEASURING)) receipts++
+      }
+      const c = await open(init, id, onOwnTree, () => mode?.mode === 'window' && pump(f))
+      if (init.kind === 'chat') await c.subscribe(`u/${chatUsers(init.run, f).from}/#`, 1)
+      publishers.set(f, c)
     })
   }
   for (const [f, count] of init.subs) {
     for (let k = 0; k < count; k++) {
       const id = init.kind === 'relay' ? `bs${init.run}f${f}w${init.worker}k${k}` : `${chatUsers(init.run, f).to}:phone`
       jobs.push(async () => {
-        const c = await open(init, id, (topic, p) => onMessage(f, topic, p), () => {})
+        // A chat recipient keeps a persistent session, as a phone does: its PUBACK of a message is
+        // what tells the server "delivered" (docs/protocol.md), so every message makes a receipt.
+        const c = await open(init, id, (topic, p) => onMessage(f, topic, p), () => {}, init.kind !== 'chat')
         await c.subscribe(init.kind === 'relay' ? relayTopic(init.run, f) : `u/${chatUsers(init.run, f).to}/#`, init.qos)
         subscribers.push(c)
       })
@@ -156,13 +167,14 @@ async function handle(c: Command): Promise<Record<string, unknown>> {
       return {}
     case 'mark':
       elu0 = performance.eventLoopUtilization()
+      receipts = 0
       return {}
     case 'stop': {
       const elu = performance.eventLoopUtilization(elu0).utilization
       clearInterval(ticker)
       mode = undefined
       const latencies = samples.slice(0, sampleCount)
-      return { elu, latencies, errors, lastError }
+      return { elu, latencies, errors, lastError, receipts }
     }
     case 'close':
       await Promise.all([...publishers.values(), ...subscribers].map((s) => s.close().catch(() => {})))

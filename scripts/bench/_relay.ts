@@ -167,6 +167,8 @@ export interface RunResult {
   workerElu: number[]
   brokerRssMiB: number
   errors: number
+  /** Chat only: delivered receipts the senders received per second (one per message when all keep up). */
+  receiptsPerSecond?: number
 }
 
 type Reply = Record<string, unknown> & { reply: string; error?: string }
@@ -317,7 +319,8 @@ export class Generator {
       otherCores: round(Math.max(0, (after.machine - before.machine) / 1000 / seconds - (after.broker - before.broker) / 1000 / seconds - (after.gen.user + after.gen.system) / 1e6 / seconds), 2),
       workerElu: stops.map((x) => round(x.elu as number, 2)),
       brokerRssMiB: rss,
-      errors: stops.reduce((n, x) => n + (x.errors as number), 0)
+      errors: stops.reduce((n, x) => n + (x.errors as number), 0),
+      ...(target.kind === 'chat' ? { receiptsPerSecond: Math.round(stops.reduce((n, x) => n + (x.receipts as number), 0) / seconds) } : {})
     }
   }
 

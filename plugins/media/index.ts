@@ -192,10 +192,10 @@ export default definePlugin({
       return { reject: code, message }
     }
 
-    // Runs before a new send is stored (not for a retry of a stored one). A store or backend
+    // Runs before a new media send is stored (not for a retry of a stored one). A store or backend
     // failure throws: no PUBACK, and the device's retry is checked again.
-    messages.addSendCheck(async (message, sender) => {
-      if (message.type !== 'media' || !message.media) return undefined
+    messages.addSendCheck(['media'], async (message, sender) => {
+      if (!message.media) return undefined
       const m = message.media
       const s = await store()
       const record = isMediaId(m.id) ? await s.get(m.id) : undefined

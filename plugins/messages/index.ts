@@ -20,7 +20,7 @@
 import { randomBytes } from 'node:crypto'
 import { z } from 'zod'
 import { definePlugin, type PublishRejection } from '../../broker/plugin-api.js'
-import { ConversationRef, DOWN, DeliveredMarker, ReadMarker, SendMessage, parseDownTopic, parseUpTopic, type MessageEnvelope } from '../../schemas/protocol.js'
+import { ConversationRef, DOWN, DeliveredMarker, ReadMarker, SendMessage, parseDownTopic, parseUpTopic, type MessageEnvelope, type MessageType } from '../../schemas/protocol.js'
 import { RpcError, type Device } from '../protocol/index.js'
 import { chooseStore, initInBackground } from '../shared/stores.js'
 import { registerMessagesAdmin } from './admin.js'
@@ -28,7 +28,7 @@ import { BatchingAppender } from './batcher.js'
 import { conversationFor, envelopeFor } from './envelope.js'
 import { PullParams, decodeCursor, encodeCursor, mapLimited, presentPositions, pullPage } from './pull.js'
 import { Receipts } from './receipts.js'
-import { MongoStateStore, SqliteStateStore, type StateStore } from './state-store.js'
+import { MongoStateStore, SqliteStateStore, type MarkerMove, type StateStore } from './state-store.js'
 import { MongoMessageStore } from './mongo-store.js'
 import { SqliteMessageStore } from './sqlite-store.js'
 import { dmKey, groupKey, type ConversationKey, type MessageStore, type NewMessage, type StoredMessage } from './store.js'
@@ -91,10 +91,11 @@ export interface MessagesApi {
   /** Calls `listener` with the two users once the first message of their conversation is recorded (on the node that stored it). */
   onNewConversation(listener: (users: readonly string[]) => Promise<void>): void
   /**
-   * Adds a check every new send must pass before it is stored (media: the object exists and matches).
-   * A rejection refuses the send (PUBACK + error to the device); a throw fails it (no PUBACK).
+   * Adds a check every new send of these kinds must pass before it is stored (media: the object
+   * exists and matches). A rejection refuses the send (PUBACK + error to the device); a throw fails
+   * it (no PUBACK). Sends of other kinds skip it (and the retry lookup it needs).
    */
-  addSendCheck(check: (message: NewMessage, sender: Device) => Promise<PublishRejection | undefined>): void
+  addSendCheck(types: readonly MessageType[], check: (message: NewMessage, sender: Device) => Promise<PublishRejection | undefined>): void
   /** Calls `listener` once per newly stored message with its recipients other than the sender (push), on the storing node. */
   onStored(listener: (message: StoredMessage, recipients: readonly string[]) => Promise<void>): void
   /** Calls `listener` with a message as it was before its sender deleted it for everyone (media: remove the object). */
@@ -237,19 +238,29 @@ export default definePlugin({
         while (pendingActivity.size) {
           const batch = [...pendingActivity]
           pendingActivity.clear()
-          await mapLimited(batch, 16, async ([key, a]) => {
-            try {
-              const users = [...a.users]
-              if (users.length) await st.touch(users, key, a.ts)
-              if (a.first && users.length) for (const listener of newConversation) await listener(users)
+          try {
+            // One write for the whole burst's activity, one for its "sending reads".
+            const touched = batch.filter(([, a]) => a.users.size > 0)
+            await st.touchMany(touched.map(([key, a]) => ({ users: [...a.users], conversation: key, ts: a.ts })))
+            const reads: MarkerMove[] = []
+            for (const [key, a] of batch) {
               for (const [user, r] of a.reads) {
                 // A system notice is not its author reading the conversation; it is only not unread
                 // for them when they had read everything before it.
                 const caughtUp = !r.system || ((await st.get(user, key))?.readSeq ?? 0) >= r.seq - 1
-                if (caughtUp) await st.advance(user, key, 'read', r.seq)
+                if (caughtUp) reads.push({ user, conversation: key, marker: 'read', seq: r.seq })
               }
+            }
+            await st.advanceMany(reads)
+          } catch (err) {
+            ctx.log.error({ err, conversations: batch.length }, 'conversation state not updated')
+          }
+          const first = batch.filter(([, a]) => a.first && a.users.size > 0)
+          await mapLimited(first, 16, async ([key, a]) => {
+            try {
+              for (const listener of newConversation) await listener([...a.users])
             } catch (err) {
-              ctx.log.error({ err, conversation: key }, 'conversation state not updated')
+              ctx.log.error({ err, conversation: key }, 'new-conversation listener failed')
             }
           })
         }
@@ -288,7 +299,7 @@ export default definePlugin({
       return undefined
     }
 
-    const sendChecks: Array<(message: NewMessage, sender: Device) => Promise<PublishRejection | undefined>> = []
+    const sendChecks: Array<{ types: readonly MessageType[]; check: (message: NewMessage, sender: Device) => Promise<PublishRejection | undefined> }> = []
     const storedListeners: Array<(message: StoredMessage, recipients: readonly string[]) => Promise<void>> = []
     const deletedListeners: Array<(original: StoredMessage) => Promise<void>> = []
     /** Runs listeners after the fact: their failures are logged, never the sender's problem. */
@@ -359,7 +370,8 @@ export default definePlugin({
       const referencing = body.type === 'edit' || body.type === 'delete'
       // A retry of a stored send is answered like any retry, even once a check would refuse it (an
       // edit window closed). The lookup costs a query, so it is made only when there is something to check.
-      const retried = (referencing || sendChecks.length > 0) && Boolean(await (await initialised()).findSent(device.userId, body.cmid))
+      const checks = sendChecks.filter((c) => c.types.includes(body.type))
+      const retried = (referencing || checks.length > 0) && Boolean(await (await initialised()).findSent(device.userId, body.cmid))
       if (referencing && !retried) {
         const refused = await checkReference(key, device.userId, body)
         if (refused) return refused
@@ -377,7 +389,7 @@ export default definePlugin({
         ts: Date.now()
       }
       if (!retried) {
-        for (const check of sendChecks) {
+        for (const { check } of checks) {
           const refused = await check(message, device)
           if (refused) return refused
         }
@@ -618,8 +630,8 @@ export default definePlugin({
       onNewConversation: (listener) => {
         newConversation.push(listener)
       },
-      addSendCheck: (check) => {
-        sendChecks.push(check)
+      addSendCheck: (types, check) => {
+        sendChecks.push({ types, check })
       },
       onStored: (listener) => {
         storedListeners.push(listener)

@@ -22,6 +22,15 @@ export interface ReceiptMetrics {
   receiptsSent: { inc(labels: { kind: Receipt['kind'] }): void }
 }
 
+interface PendingMove {
+  user: string
+  conversation: ConversationRef
+  key: ConversationKey
+  marker: Marker
+  wanted: number
+  waiters: Array<{ resolve: (moved: Moved) => void; reject: (err: unknown) => void }>
+}
+
 export class Receipts {
   /** Per group, the seq range whose counts changed since the last summary. */
   private readonly pending = new Map<string, { from: number; to: number }>()
@@ -36,15 +45,61 @@ export class Receipts {
     private readonly settings: { batchMs: number; maxRange: number; systemUser: string; metrics: ReceiptMetrics }
   ) {}
 
+  /** Moves waiting for the next write, one per marker, user and conversation (see move()). */
+  private readonly moving = new Map<string, PendingMove>()
+  private moveFlush: Promise<void> | undefined
+
   /**
    * Moves `user`'s marker in a conversation (clamped to its last message) and tells whoever must
    * know. Resolves once the marker is stored; the caller's PUBACK then means "recorded".
+   * Moves asked for while a write is under way (or in the same turn of the event loop) are
+   * coalesced: a recipient acknowledging a burst of N messages costs one marker write and one
+   * receipt "delivered up to the last", not N of each. Receipts carry upToSeq, so nothing is lost.
    */
-  async move(user: string, conversation: ConversationRef, key: ConversationKey, marker: Marker, wanted: number): Promise<Moved> {
+  move(user: string, conversation: ConversationRef, key: ConversationKey, marker: Marker, wanted: number): Promise<Moved> {
+    return new Promise<Moved>((resolve, reject) => {
+      const id = `${marker}\u0000${user}\u0000${key}`
+      const pending = this.moving.get(id)
+      if (pending) {
+        pending.wanted = Math.max(pending.wanted, wanted)
+        pending.waiters.push({ resolve, reject })
+      } else this.moving.set(id, { user, conversation, key, marker, wanted, waiters: [{ resolve, reject }] })
+      this.moveFlush ??= this.flushMoves()
+    })
+  }
+
+  private async flushMoves(): Promise<void> {
+    await new Promise((r) => setImmediate(r)) // let the rest of this turn's acknowledgements join
+    try {
+      while (this.moving.size) {
+        const batch = [...this.moving.values()]
+        this.moving.clear()
+        try {
+          const results = await this.write(batch)
+          batch.forEach((m, i) => m.waiters.forEach((w) => w.resolve(results[i]!)))
+        } catch (err) {
+          batch.forEach((m) => m.waiters.forEach((w) => w.reject(err)))
+        }
+      }
+    } finally {
+      this.moveFlush = undefined
+    }
+  }
+
+  /** Stores a batch of moves (one state-store call), then sends what each move that moved must. */
+  private async write(batch: readonly PendingMove[]): Promise<Moved[]> {
     const [s, st] = [await this.store(), await this.state()]
-    const moved = await st.advance(user, key, marker, Math.min(wanted, await s.lastSeq(key)))
+    const keys = [...new Set(batch.map((m) => m.key))]
+    const last = new Map(await Promise.all(keys.map(async (k) => [k, await s.lastSeq(k)] as const)))
+    const results = await st.advanceMany(batch.map((m) => ({ user: m.user, conversation: m.key, marker: m.marker, seq: Math.min(m.wanted, last.get(m.key)!) })))
+    await Promise.all(batch.map((m, i) => this.tell(st, m, results[i]!)))
+    return results
+  }
+
+  private async tell(st: StateStore, m: PendingMove, moved: Moved): Promise<void> {
+    const { user, conversation, marker } = m
     const { before, after } = moved
-    if (after <= before) return moved
+    if (after <= before) return
     this.settings.metrics.markersMoved.inc({ marker, kind: conversation.kind })
     const ts = Date.now()
     if (marker === 'read') {
@@ -53,11 +108,11 @@ export class Receipts {
     }
     if (conversation.kind === 'group') {
       this.schedule(conversation.id, before + 1, after)
-      return moved
+      return
     }
     const peer = conversation.id
     // Notes to self have nobody to tell; the system user has no devices to tell.
-    if (peer === user || peer === this.settings.systemUser) return moved
+    if (peer === user || peer === this.settings.systemUser) return
     let kind = marker
     if (kind === 'read') {
       const privacy = await st.privacy([user, peer])
@@ -66,7 +121,6 @@ export class Receipts {
     const receipt: Receipt = { kind, conversation: { kind: 'dm', id: user }, upToSeq: after, by: user, ts }
     await this.ctx.publish({ topic: DOWN.receipts(peer), payload: JSON.stringify(receipt), qos: 1 })
     this.settings.metrics.receiptsSent.inc({ kind })
-    return moved
   }
 
   /** Counts for messages of `requester` from `fromSeq` on (at most maxRange seqs are looked at). */
@@ -145,6 +199,7 @@ export class Receipts {
 
   /** Sends what is pending now (shutdown). */
   async drain(): Promise<void> {
+    while (this.moveFlush) await this.moveFlush
     if (this.timer) {
       clearTimeout(this.timer)
       this.timer = undefined

@@ -30,6 +30,13 @@ export interface Moved {
   after: number
 }
 
+export interface MarkerMove {
+  user: string
+  conversation: ConversationKey
+  marker: Marker
+  seq: number
+}
+
 export interface Privacy {
   /** Share read receipts (and, reciprocally, see those of others in one-to-one chats). */
   readReceipts: boolean
@@ -40,8 +47,12 @@ export interface StateStore {
   init(): Promise<void>
   /** Records activity in a conversation for these users (creating their rows). */
   touch(users: readonly string[], conversation: ConversationKey, ts: number): Promise<void>
+  /** Several touch()es at once (embedded: one transaction; MongoDB: one bulk write). */
+  touchMany(activity: ReadonlyArray<{ users: readonly string[]; conversation: ConversationKey; ts: number }>): Promise<void>
   /** Moves a user's marker forward to `seq` (read also moves delivered); returns the marker before and after. */
   advance(user: string, conversation: ConversationKey, marker: Marker, seq: number): Promise<Moved>
+  /** Several advance()s at once (embedded: one transaction); results in the same order. */
+  advanceMany(moves: readonly MarkerMove[]): Promise<Moved[]>
   get(user: string, conversation: ConversationKey): Promise<ConversationState | undefined>
   /** A user's conversations with a row, most recent activity first. */
   list(user: string, limit: number): Promise<ConversationState[]>
@@ -100,27 +111,42 @@ export class SqliteStateStore extends SqliteBacked implements StateStore {
   }
 
   async touch(users: readonly string[], conversation: ConversationKey, ts: number): Promise<void> {
+    await this.touchMany([{ users, conversation, ts }])
+  }
+
+  async touchMany(activity: ReadonlyArray<{ users: readonly string[]; conversation: ConversationKey; ts: number }>): Promise<void> {
+    if (!activity.length) return
     const upsert = this.conn.prepare(
       `INSERT INTO conversation_state (user_id, conversation, read_seq, ts) VALUES (?, ?, 0, ?)
        ON CONFLICT (user_id, conversation) DO UPDATE SET ts = MAX(ts, excluded.ts)`
     )
-    this.conn.transaction(() => users.forEach((u) => upsert.run(u, conversation, ts)))()
+    this.conn.transaction(() => {
+      for (const a of activity) for (const u of a.users) upsert.run(u, a.conversation, a.ts)
+    })()
   }
 
   async advance(user: string, conversation: ConversationKey, marker: Marker, seq: number): Promise<Moved> {
-    const read = marker === 'read' ? seq : 0
-    const upsert = this.conn.prepare(
+    return (await this.advanceMany([{ user, conversation, marker, seq }]))[0]!
+  }
+
+  async advanceMany(moves: readonly MarkerMove[]): Promise<Moved[]> {
+    if (!moves.length) return []
+    const upsert = this.conn.prepare<[string, string, number, number], { read_seq: number; delivered_seq: number }>(
       `INSERT INTO conversation_state (user_id, conversation, read_seq, delivered_seq, ts) VALUES (?, ?, ?, ?, 0)
        ON CONFLICT (user_id, conversation) DO UPDATE SET
-         read_seq = MAX(read_seq, excluded.read_seq), delivered_seq = MAX(delivered_seq, excluded.delivered_seq)`
+         read_seq = MAX(read_seq, excluded.read_seq), delivered_seq = MAX(delivered_seq, excluded.delivered_seq)
+       RETURNING read_seq, delivered_seq`
     )
-    // One transaction: two devices moving the same marker at once see distinct before/after pairs.
-    return this.conn.transaction((): Moved => {
-      const value = (s: ConversationState | undefined) => (s ? (marker === 'read' ? s.readSeq : s.deliveredSeq) : 0)
-      const before = value(this.getSync(user, conversation))
-      upsert.run(user, conversation, read, seq)
-      return { before, after: value(this.getSync(user, conversation)) }
-    })()
+    // One transaction: two devices moving the same marker at once see distinct before/after pairs,
+    // and a batch of moves (PUBACKs of a burst) costs one commit.
+    return this.conn.transaction((): Moved[] =>
+      moves.map(({ user, conversation, marker, seq }) => {
+        const value = (s: Pick<ConversationState, 'readSeq' | 'deliveredSeq'> | undefined) => (s ? (marker === 'read' ? s.readSeq : s.deliveredSeq) : 0)
+        const before = value(this.getSync(user, conversation))
+        const row = upsert.get(user, conversation, marker === 'read' ? seq : 0, seq)!
+        return { before, after: value({ readSeq: row.read_seq, deliveredSeq: Math.max(row.delivered_seq, row.read_seq) }) }
+      })
+    )()
   }
 
   private getSync(user: string, conversation: ConversationKey): ConversationState | undefined {
@@ -226,7 +252,11 @@ export class MongoStateStore implements StateStore {
   }
 
   async touch(users: readonly string[], conversation: ConversationKey, ts: number): Promise<void> {
-    await upsertRetrying(() => this.col.bulkWrite(
+    await this.touchMany([{ users, conversation, ts }])
+  }
+
+  async touchMany(activity: ReadonlyArray<{ users: readonly string[]; conversation: ConversationKey; ts: number }>): Promise<void> {
+    const ops = activity.flatMap(({ users, conversation, ts }) =>
       users.map((user) => ({
         updateOne: {
           filter: { _id: this.id(user, conversation) },
@@ -234,7 +264,8 @@ export class MongoStateStore implements StateStore {
           upsert: true
         }
       }))
-    ))
+    )
+    if (ops.length) await upsertRetrying(() => this.col.bulkWrite(ops))
   }
 
   async advance(user: string, conversation: ConversationKey, marker: Marker, seq: number): Promise<Moved> {
@@ -246,6 +277,11 @@ export class MongoStateStore implements StateStore {
     const state = previous ? fromDoc(previous) : undefined
     const before = state ? (marker === 'read' ? state.readSeq : state.deliveredSeq) : 0
     return { before, after: Math.max(before, seq) }
+  }
+
+  /** One findOneAndUpdate per move (the pool bounds how many run at once). */
+  async advanceMany(moves: readonly MarkerMove[]): Promise<Moved[]> {
+    return Promise.all(moves.map((m) => this.advance(m.user, m.conversation, m.marker, m.seq)))
   }
 
   async get(user: string, conversation: ConversationKey): Promise<ConversationState | undefined> {

@@ -100,5 +100,39 @@ for (const [name, open] of backends) {
         await done()
       }
     })
+
+    it('applies a batch of touches and marker moves like the same calls one by one', async () => {
+      const { store, done } = await open()
+      try {
+        await store.touchMany([
+          { users: ['gus', 'hal'], conversation: 'dm:gus:hal', ts: 10 },
+          { users: ['gus'], conversation: 'g:band', ts: 30 },
+          { users: ['gus', 'hal'], conversation: 'dm:gus:hal', ts: 20 }
+        ])
+        await store.touchMany([])
+        assert.deepEqual((await store.list('gus', 10)).map((c) => [c.conversation, c.ts]), [
+          ['g:band', 30],
+          ['dm:gus:hal', 20]
+        ])
+        const moved = await store.advanceMany([
+          { user: 'gus', conversation: 'dm:gus:hal', marker: 'delivered', seq: 4 },
+          { user: 'hal', conversation: 'dm:gus:hal', marker: 'read', seq: 3 },
+          { user: 'gus', conversation: 'g:band', marker: 'read', seq: 2 },
+          { user: 'gus', conversation: 'dm:gus:hal', marker: 'delivered', seq: 2 }
+        ])
+        assert.deepEqual(moved, [
+          { before: 0, after: 4 },
+          { before: 0, after: 3 },
+          { before: 0, after: 2 },
+          { before: 4, after: 4 }
+        ])
+        assert.deepEqual(await store.advanceMany([]), [])
+        const hal = await store.get('hal', 'dm:gus:hal')
+        assert.equal(hal?.readSeq, 3)
+        assert.equal(hal?.deliveredSeq, 3, 'reading also delivers')
+      } finally {
+        await done()
+      }
+    })
   })
 }

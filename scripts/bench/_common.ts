@@ -1,7 +1,7 @@
 // Helpers shared by the bench scenarios (files starting with "_" are not scenarios).
 import { isolatedEnv } from '../../test/helpers/broker-process.js'
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -135,7 +135,10 @@ export async function startBroker(options: { args?: string[]; env?: NodeJS.Proce
   }
   const ready = new Promise<void>((resolve, reject) => {
     // Keep reading stdout to the end: a full pipe would block the broker's logging.
+    // BENCH_BROKER_STDOUT=FILE keeps the broker's stdout there too (e.g. with --trace-gc in BENCH_BROKER_NODE_ARGS).
+    const keep = process.env.BENCH_BROKER_STDOUT
     createInterface({ input: child.stdout }).on('line', (line) => {
+      if (keep) appendFileSync(keep, `${line}\n`)
       let entry: { msg?: unknown; listener?: unknown; port?: unknown }
       try {
         entry = JSON.parse(line) as typeof entry

@@ -330,7 +330,7 @@ async function rampOne(name: RampTarget, index: number, o: Options): Promise<Row
     }
     const full = { cpu: cpuMs(t.pid), gen: sum(workers.map((w) => cpuMs(w.child.pid!))), machine: machineBusyMs(), at: performance.now() }
     const overflows = listenOverflows() - overflows0
-    log(`${name}: ramp done in ${round((full.at - idle.at) / 1000, 1)} s, other processes used ${round((full.machine - idle.machine - (full.cpu - idle.cpu) - (full.gen - idle.gen)) / (full.at - idle.at), 2)} cores meanwhile; the kernel dropped ${overflows} connects on a full listen queue (machine-wide ListenOverflows)`)
+    log(`${name}: ramp done in ${round((full.at - idle.at) / 1000, 1)} s, other processes used ${round(Math.max(0, (full.machine - idle.machine - (full.cpu - idle.cpu) - (full.gen - idle.gen)) / (full.at - idle.at)), 2)} cores meanwhile; the kernel dropped ${overflows} connects on a full listen queue (machine-wide ListenOverflows)`)
 
     // ---- hold, then check every connection is alive -------------------------------------------
     await sleep(o.holdMs)
@@ -493,7 +493,7 @@ export function markdown(result: Record<string, unknown>): string {
     '',
     ...(parley && e
       ? [
-          `**Parley at ${fmt(EXTRAPOLATE_TO)} connections (the issue's target) is a linear extrapolation, not a measurement** (the descriptor limit stops the ramp at ${fmt(parley.held)}): about ${fmt(e.rssMiB)} MiB RSS${e.heapMiB !== undefined ? ` and ${fmt(e.heapMiB)} MiB of V8 heap (Node's default heap limit here is about 4,144 MB)` : ''}, at the ${parley.kibPerConnection} KiB RSS${parley.heapKibPerConnection !== undefined ? ` and ${parley.heapKibPerConnection} KiB heap` : ''} per connection measured here (fitted over the steps: ${parley.fitKibPerConnection.rss} KiB RSS${parley.fitKibPerConnection.heap !== undefined ? `, ${parley.fitKibPerConnection.heap} KiB heap` : ''}). Parley's RSS by step: idle ${parley.rssMiB.idle}, ${parley.steps.map((s) => `${fmt(s.connections)}: ${s.rssMiB}`).join(', ')} MiB; at ${fmt(parley.connectsPerSecond)} connects/s, ${fmt(EXTRAPOLATE_TO)} devices would take ${Math.round(EXTRAPOLATE_TO / parley.connectsPerSecond)} s to connect.`,
+          `**Parley at ${fmt(EXTRAPOLATE_TO)} connections (the issue's target) is a linear extrapolation, not a measurement** (${parley.held >= FD_LIMIT - 1000 ? `the descriptor limit stops the ramp at ${fmt(parley.held)}` : `this run held ${fmt(parley.held)}`}): about ${fmt(e.rssMiB)} MiB RSS${e.heapMiB !== undefined ? ` and ${fmt(e.heapMiB)} MiB of V8 heap (Node's default heap limit here is about 4,144 MB)` : ''}, at the ${parley.kibPerConnection} KiB RSS${parley.heapKibPerConnection !== undefined ? ` and ${parley.heapKibPerConnection} KiB heap` : ''} per connection measured here (fitted over the steps: ${parley.fitKibPerConnection.rss} KiB RSS${parley.fitKibPerConnection.heap !== undefined ? `, ${parley.fitKibPerConnection.heap} KiB heap` : ''}). Parley's RSS by step: idle ${parley.rssMiB.idle}, ${parley.steps.map((s) => `${fmt(s.connections)}: ${s.rssMiB}`).join(', ')} MiB; its CPU per connect by step: ${parley.steps.map((s) => s.brokerCpuMsPerConnection).join(', ')} ms (where it grows with the devices already connected, the connect time below is optimistic); at ${fmt(parley.connectsPerSecond)} connects/s, ${fmt(EXTRAPOLATE_TO)} devices would take ${Math.round(EXTRAPOLATE_TO / parley.connectsPerSecond)} s to connect.`,
           ''
         ]
       : []),

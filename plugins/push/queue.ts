@@ -311,6 +311,9 @@ const SCHEMA = `
   CREATE UNIQUE INDEX IF NOT EXISTS push_jobs_claim ON push_jobs (claim) WHERE claim IS NOT NULL;
   CREATE INDEX IF NOT EXISTS push_jobs_device ON push_jobs (user_id, device_id);
   CREATE TABLE IF NOT EXISTS push_marks (device_key TEXT PRIMARY KEY, ts INTEGER NOT NULL);
+  -- Every connect prunes expired marks (cancelDevice): without this index that is a scan of every
+  -- device connected within markTtlMs, the top cost of a connect storm.
+  CREATE INDEX IF NOT EXISTS push_marks_ts ON push_marks (ts);
 `
 
 const fromJobRow = (r: JobRow): PushJob => ({

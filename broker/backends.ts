@@ -39,8 +39,8 @@ function errorReporter(log: Logger, backend: string): { onError: (err: Error) =>
   }
 }
 
-export function newRedis(url: string, name: string, log: Logger): Redis {
-  const redis = new Redis(url, redisOptions(name))
+export function newRedis(url: string, name: string, log: Logger, extra: Partial<RedisOptions> = {}): Redis {
+  const redis = new Redis(url, { ...redisOptions(name), ...extra })
   const report = errorReporter(log, `redis:${name}`)
   redis.on('error', report.onError)
   redis.on('ready', report.onUp)

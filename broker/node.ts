@@ -328,7 +328,10 @@ export class BrokerNode {
     if (config.redis.url) {
       // Dedicated connections: a subscriber connection cannot run other commands.
       const sub = newRedis(config.redis.url, 'mq-sub', this.log)
-      const pub = newRedis(config.redis.url, 'mq-pub', this.log)
+      // Auto-pipelining sends the PUBLISHes of one tick in one write, in order (one socket write
+      // per message was 24% of a node's CPU on Redis; +12-15% relay throughput, measured by the
+      // cluster benchmark).
+      const pub = newRedis(config.redis.url, 'mq-pub', this.log, { enableAutoPipelining: true })
       const store = newRedis(config.redis.url, 'persistence', this.log)
       // Order matters: nodeAccess().persistenceRedis is the third.
       this.clusterRedis = [sub, pub, store]

@@ -417,7 +417,9 @@ export default definePlugin({
       messagesIn.inc({ kind: 'ack' })
       if (typeof envelope.ts === 'number') observeDelivery(envelope.ts, 'dm', 'puback')
       const conversation: ConversationRef = { kind: 'dm', id: envelope.conversation.id }
-      await receipts.move(device.userId, conversation, dmKey(device.userId, conversation.id), 'delivered', envelope.seq)
+      // The seq is that of an envelope this server stored and sent: no clamping query needed.
+      if (!Number.isSafeInteger(envelope.seq) || envelope.seq < 1) return
+      await receipts.move(device.userId, conversation, dmKey(device.userId, conversation.id), 'delivered', envelope.seq, false)
     })
 
     if (config.systemNotices) {

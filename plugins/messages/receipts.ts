@@ -28,6 +28,8 @@ interface PendingMove {
   key: ConversationKey
   marker: Marker
   wanted: number
+  /** Whether `wanted` must be clamped to the conversation's last seq (it came from a device). */
+  clamp: boolean
   waiters: Array<{ resolve: (moved: Moved) => void; reject: (err: unknown) => void }>
 }
 
@@ -55,15 +57,18 @@ export class Receipts {
    * Moves asked for while a write is under way (or in the same turn of the event loop) are
    * coalesced: a recipient acknowledging a burst of N messages costs one marker write and one
    * receipt "delivered up to the last", not N of each. Receipts carry upToSeq, so nothing is lost.
+   * `clamp` false: `wanted` is the seq of a stored message (a PUBACK of an envelope this server
+   * sent), so the store is not asked for the conversation's last seq.
    */
-  move(user: string, conversation: ConversationRef, key: ConversationKey, marker: Marker, wanted: number): Promise<Moved> {
+  move(user: string, conversation: ConversationRef, key: ConversationKey, marker: Marker, wanted: number, clamp = true): Promise<Moved> {
     return new Promise<Moved>((resolve, reject) => {
       const id = `${marker}\u0000${user}\u0000${key}`
       const pending = this.moving.get(id)
       if (pending) {
         pending.wanted = Math.max(pending.wanted, wanted)
+        pending.clamp ||= clamp
         pending.waiters.push({ resolve, reject })
-      } else this.moving.set(id, { user, conversation, key, marker, wanted, waiters: [{ resolve, reject }] })
+      } else this.moving.set(id, { user, conversation, key, marker, wanted, clamp, waiters: [{ resolve, reject }] })
       this.moveFlush ??= this.flushMoves()
     })
   }
@@ -89,9 +94,10 @@ export class Receipts {
   /** Stores a batch of moves (one state-store call), then sends what each move that moved must. */
   private async write(batch: readonly PendingMove[]): Promise<Moved[]> {
     const [s, st] = [await this.store(), await this.state()]
-    const keys = [...new Set(batch.map((m) => m.key))]
+    // On MongoDB a lastSeq is a query per conversation: only markers sent by devices need it.
+    const keys = [...new Set(batch.filter((m) => m.clamp).map((m) => m.key))]
     const last = new Map(await Promise.all(keys.map(async (k) => [k, await s.lastSeq(k)] as const)))
-    const results = await st.advanceMany(batch.map((m) => ({ user: m.user, conversation: m.key, marker: m.marker, seq: Math.min(m.wanted, last.get(m.key)!) })))
+    const results = await st.advanceMany(batch.map((m) => ({ user: m.user, conversation: m.key, marker: m.marker, seq: m.clamp ? Math.min(m.wanted, last.get(m.key)!) : m.wanted })))
     await Promise.all(batch.map((m, i) => this.tell(st, m, results[i]!)))
     return results
   }

@@ -26,7 +26,13 @@ async function setup(lastSeq: number) {
     publish: async (p: { topic: string; payload: string }) => void published.push({ topic: p.topic, payload: JSON.parse(p.payload) }),
     log: pino({ level: 'silent' })
   } as unknown as PluginContext<unknown>
-  const store = { lastSeq: async () => lastSeq } as unknown as MessageStore
+  const lastSeqAsked: string[] = []
+  const store = {
+    lastSeq: async (key: string) => {
+      lastSeqAsked.push(key)
+      return lastSeq
+    }
+  } as unknown as MessageStore
   const counted: string[] = []
   const receipts = new Receipts(ctx, async () => store, async () => state, {} as GroupsApi, {
     batchMs: 1000,
@@ -34,7 +40,7 @@ async function setup(lastSeq: number) {
     systemUser: 'parley',
     metrics: { markersMoved: { inc: (l) => counted.push(`${l.marker}:${l.kind}`) }, receiptsSent: { inc: (l) => counted.push(`receipt:${l.kind}`) } }
   })
-  return { state, receipts, writes, published, counted }
+  return { state, receipts, writes, published, counted, lastSeqAsked }
 }
 
 describe('receipts: coalesced marker moves', () => {
@@ -61,7 +67,7 @@ describe('receipts: coalesced marker moves', () => {
   })
 
   it('keeps moves of different users, conversations and markers apart, clamped to the last message', async () => {
-    const { state, receipts, writes, published } = await setup(6)
+    const { state, receipts, writes, published, lastSeqAsked } = await setup(6)
     try {
       const [a, b, c] = await Promise.all([
         receipts.move('bob', { kind: 'dm', id: 'alice' }, 'dm:alice:bob', 'delivered', 4),
@@ -69,6 +75,7 @@ describe('receipts: coalesced marker moves', () => {
         receipts.move('bob', { kind: 'dm', id: 'alice' }, 'dm:alice:bob', 'read', 2)
       ])
       assert.equal(writes.length, 1, 'one write for the whole turn')
+      assert.deepEqual(lastSeqAsked.sort(), ['dm:alice:bob', 'dm:alice:carol'], 'one last-seq lookup per conversation')
       assert.equal(writes[0]!.length, 3)
       assert.deepEqual([a, b, c], [
         { before: 0, after: 4 },
@@ -76,6 +83,22 @@ describe('receipts: coalesced marker moves', () => {
         { before: 0, after: 2 }
       ])
       assert.deepEqual(published.map((p) => p.topic).sort(), ['u/alice/r', 'u/alice/r', 'u/alice/r', 'u/bob/e'])
+    } finally {
+      await state.close()
+    }
+  })
+
+  it('does not look up the last seq for acknowledgements of envelopes the server sent', async () => {
+    const { state, receipts, writes, lastSeqAsked } = await setup(6)
+    try {
+      const dm = { kind: 'dm', id: 'alice' } as const
+      assert.deepEqual(await receipts.move('bob', dm, 'dm:alice:bob', 'delivered', 5, false), { before: 0, after: 5 })
+      assert.deepEqual(lastSeqAsked, [])
+      // A device's own marker in the same turn still gets clamped (to 6 here).
+      const [a, b] = await Promise.all([receipts.move('bob', dm, 'dm:alice:bob', 'delivered', 6, false), receipts.move('bob', dm, 'dm:alice:bob', 'delivered', 99)])
+      assert.deepEqual([a, b], [{ before: 5, after: 6 }, { before: 5, after: 6 }])
+      assert.deepEqual(lastSeqAsked, ['dm:alice:bob'])
+      assert.equal(writes.at(-1)![0]!.seq, 6)
     } finally {
       await state.close()
     }

@@ -219,7 +219,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
   if (o.window < 1 || o.workers < 1 || o.seconds < 1 || o.messages < 1 || o.payload < 60) throw new Error('--window, --workers, --seconds, --messages >= 1, --payload >= 60')
   const startedAt = Date.now()
   const run = Math.random().toString(36).slice(2, 8)
-  const gcForced = o.gc !== 0
+  let gcForced = o.gc !== 0
 
   // The broker as relay-p2p's parley-chat target, plus an inspector on 127.0.0.1 to force GCs.
   const inspectPort = gcForced ? await freePort() : 0
@@ -242,6 +242,12 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
   let admin: FanoutClient | undefined
   try {
     if (!(await waitUntil(async () => (await fetch(`http://${HOST}:${ops}/readyz`).catch(() => undefined))?.status === 200, 30_000, 100))) throw new Error('broker not ready')
+    if (gcForced) {
+      // The memory samples need the inspector; without it (say, its port was taken meanwhile), none is forced.
+      const err = await collectGarbage(inspectPort).then(() => undefined, (e: unknown) => e as Error)
+      if (err) log(`no forced GC: the broker's inspector does not answer (${err.message})`)
+      gcForced = !err
+    }
     log(`broker pid ${b.pid}, port ${port}${gcForced ? `, inspector ${inspectPort}` : ''}`)
     const metric = async (name: string) => (await scrapeMetrics(ops)).get(name) ?? 0
     const memory = async (): Promise<Memory> => {
@@ -495,7 +501,7 @@ export function markdown(result: Record<string, unknown>): string {
     '| --- | --- | --- | --- | --- | --- | --- | --- |',
     `| ${fmt(p1.storedPerSecond)} | ${fmt(p1.deliveredPerSecond)} | ${fmt(p1.deliveriesPerMessage)} | ${p1.latencyMs.p50} / ${p1.latencyMs.p99} / ${p1.latencyMs.p999} | ${p1.brokerCores} | ${p1.generatorCores} (${p1.workerElu.join(', ')}) | ${p1.otherCores} | ${p1.limitedBy}${p1.errors ? `; ${p1.errors} errors` : ''}${p1.undelivered ? `; ${fmt(p1.undelivered)} deliveries missing` : ''} |`,
     '',
-    `**Offline members**: ${fmt(on.messages)} messages with every member online, then ${fmt(r.offline)} members disconnect (their persistent sessions stay) and ${fmt(off.messages)} more are sent. Broker memory before and after each batch, ${r.gcForced ? "each sample right after a full GC forced through the broker's inspector" : 'with no forced GC (--gc 0)'}; heap is \`nodejs_heap_size_used_bytes\` of its /metrics, PUBLISHes written and offline-queue drops are its \`parley_mqtt_messages_sent_total\` and \`parley_offline_queue_dropped_total\`.`,
+    `**Offline members**: ${fmt(on.messages)} messages with every member online, then ${fmt(r.offline)} members disconnect (their persistent sessions stay) and ${fmt(off.messages)} more are sent. Broker memory before and after each batch, ${r.gcForced ? "each sample right after a full GC forced through the broker's inspector" : 'with no forced GC (--gc 0, or the inspector did not answer)'}; heap is \`nodejs_heap_size_used_bytes\` of its /metrics, PUBLISHes written and offline-queue drops are its \`parley_mqtt_messages_sent_total\` and \`parley_offline_queue_dropped_total\`.`,
     '',
     '| Batch | Members online | Messages/s | Deliveries/s | Broker CPU ms per message | Heap MiB before → after | RSS MiB before → after | PUBLISHes written QoS 0 / QoS 1 | Offline-queue drops |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',

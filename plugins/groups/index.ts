@@ -11,6 +11,7 @@ import { DOWN, type Notice } from '../../schemas/protocol.js'
 import { RpcError } from '../protocol/index.js'
 import { chooseStore, initInBackground } from '../shared/stores.js'
 import { registerGroupsAdmin } from './admin.js'
+import { MemberListCache } from './member-list-cache.js'
 import { ChangeRefused, type GroupOps } from './ops.js'
 import { MongoGroupStore, SqliteGroupStore, type Group, type GroupStore } from './store.js'
 
@@ -18,6 +19,8 @@ export const GroupsConfig = z
   .object({
     maxMembers: z.number().int().min(2).max(100_000).default(1024),
     store: z.enum(['auto', 'embedded', 'mongo']).default('auto'),
+    memberListCacheMs: z.number().int().min(0).default(60_000).describe('How long a group\'s member list is reused (0: read it for every message); every member change drops it on every node'),
+    memberListCacheSize: z.number().int().positive().default(10_000).describe('Groups whose member lists are cached at most'),
     systemUser: Id.default('parley').describe(
       'The service\'s own user id: `by` of group changes made through the admin API, and sender of operator notices. Reserved: it takes no messages and joins no group'
     )
@@ -64,13 +67,17 @@ export default definePlugin({
     })
     const initialised = initInBackground(ctx, store)
 
+    const memberLists = new MemberListCache(config.memberListCacheMs, config.memberListCacheSize)
+    ctx.cluster.subscribe('members', (data) => memberLists.invalidate((data as { groupId: string }).groupId))
+    const members = (groupId: string) => memberLists.get(groupId, async (id) => (await initialised()).members(id))
+
     protocol.setMembershipSource(async (groupId, userId) => (await (await initialised()).role(groupId, userId)) !== undefined)
 
     /** Tells every member (and `alsoTo`) about a change, and forgets cached memberships everywhere. */
     const listeners: Array<(group: string, change: GroupChange) => Promise<void>> = []
     const announce = async (group: string, event: GroupChange, alsoTo: readonly string[] = []) => {
       const s = await initialised()
-      await protocol.invalidateMembership(group)
+      await Promise.all([protocol.invalidateMembership(group), ctx.cluster.broadcast('members', { groupId: group })])
       const payload = JSON.stringify({ type: 'group', group, ...event })
       const to = new Set([...(await s.members(group)), ...alsoTo])
       await Promise.all([...to].map((user) => ctx.publish({ topic: DOWN.events(user), payload, qos: 1 })))
@@ -216,7 +223,7 @@ export default definePlugin({
     })
 
     return {
-      members: async (groupId) => (await initialised()).members(groupId),
+      members,
       groupsOf: async (userId) => (await initialised()).groupsOf(userId),
       onChange: (listener) => {
         listeners.push(listener)

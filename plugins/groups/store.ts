@@ -64,6 +64,8 @@ const SQLITE_SCHEMA = `
         PRIMARY KEY (group_id, user_id)
       );
       CREATE INDEX IF NOT EXISTS group_members_user ON group_members (user_id);
+      -- Member lists are read in join order: without this index SQLite sorts the group's rows each time.
+      CREATE INDEX IF NOT EXISTS group_members_group_seq ON group_members (group_id, seq);
       CREATE INDEX IF NOT EXISTS groups_created ON groups (created_at, id);
     `
 

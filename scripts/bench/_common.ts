@@ -1,6 +1,6 @@
 // Helpers shared by the bench scenarios (files starting with "_" are not scenarios).
 import { isolatedEnv } from '../../test/helpers/broker-process.js'
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process'
 import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -103,12 +103,13 @@ export interface Broker {
  * (read from its 'listening' log lines), and a fresh data directory; resolves when it logs "ready".
  * (Benchmarks are not part of the production build, so the tests' isolated environment is reused.)
  */
-export async function startBroker(options: { args?: string[]; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Broker> {
+export async function startBroker(options: { args?: string[]; env?: NodeJS.ProcessEnv; timeoutMs?: number; nodeArgs?: string[] } = {}): Promise<Broker> {
   const dataDir = mkdtempSync(join(tmpdir(), 'parley-bench-data-'))
   const env: NodeJS.ProcessEnv = { ...isolatedEnv(dataDir), ...options.env }
   // BENCH_BROKER_NODE_ARGS: extra Node options for the broker only, e.g. to profile it:
   // BENCH_BROKER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" (NODE_OPTIONS refuses --cpu-prof).
-  const nodeArgs = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter(Boolean)
+  // options.nodeArgs: what a scenario itself needs (e.g. --inspect to force GCs), after those.
+  const nodeArgs = [...(process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter(Boolean), ...(options.nodeArgs ?? [])]
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', join(ROOT, 'scripts', 'parley.ts'), 'start', ...(options.args ?? [])], {
     cwd: ROOT,
     env,
@@ -156,4 +157,72 @@ export async function startBroker(options: { args?: string[]; env?: NodeJS.Proce
   }
   await ready
   return { child, pid: child.pid!, ports, stop }
+}
+
+/** A load-generator process forked from a scenario, driven by commands over IPC (one answer per command). */
+export interface WorkerProcess<C extends { cmd: string }> {
+  child: ChildProcess
+  /** Sends `command`; resolves with the answer of the same name, rejects on an error answer, the process's exit or `timeoutMs`. */
+  ask<T = Record<string, unknown>>(command: C, timeoutMs: number): Promise<T>
+  /** Asks it to exit ({ cmd: 'exit' }), SIGKILL after 5 s. */
+  stop(): Promise<void>
+}
+
+/**
+ * Forks `file` (a worker of scripts/bench, run with tsx) as a generator process: one process per
+ * core-sized share of the load, since one event loop and 20,000 descriptors are its limits.
+ * `label` names it in errors. The worker answers with serveCommands().
+ */
+export function forkWorker<C extends { cmd: string }>(file: string, label = 'worker'): WorkerProcess<C> {
+  const child = fork(join(import.meta.dirname, file), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const killOnExit = () => child.kill('SIGKILL')
+  process.once('exit', killOnExit)
+  const exited = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      process.off('exit', killOnExit)
+      resolve()
+    })
+  )
+  return {
+    child,
+    ask: <T>(command: C, timeoutMs: number) =>
+      new Promise<T>((resolve, reject) => {
+        const timer = setTimeout(() => done(new Error(`${label} ${child.pid}: no answer to ${command.cmd} within ${timeoutMs} ms`)), timeoutMs)
+        const onMessage = (msg: { reply: string; error?: string }) => {
+          if (msg.reply !== command.cmd) return
+          if (msg.error) done(new Error(`${label} ${child.pid} ${command.cmd}: ${msg.error}`))
+          else done(undefined, msg as T)
+        }
+        const onExit = (code: number | null) => done(new Error(`${label} ${child.pid} exited (${code}) during ${command.cmd}`))
+        const done = (err?: Error, value?: T) => {
+          clearTimeout(timer)
+          child.off('message', onMessage)
+          child.off('exit', onExit)
+          if (err) reject(err)
+          else resolve(value!)
+        }
+        child.on('message', onMessage)
+        child.once('exit', onExit)
+        child.send(command)
+      }),
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      child.send({ cmd: 'exit' })
+      if (!(await settlesWithin(exited, 5000))) child.kill('SIGKILL')
+    }
+  }
+}
+
+/**
+ * The worker side of forkWorker(): answers each command from the parent with `{ reply: cmd, ...result }`
+ * (or `error`), and exits when the parent goes away. `handle` deals with { cmd: 'exit' } itself.
+ */
+export function serveCommands<C extends { cmd: string }>(handle: (command: C) => Promise<object>): void {
+  process.on('disconnect', () => process.exit(0))
+  process.on('message', (command: C) => {
+    handle(command).then(
+      (result) => process.send!({ reply: command.cmd, ...result }),
+      (err: unknown) => process.send!({ reply: command.cmd, error: (err as Error).stack ?? String(err) })
+    )
+  })
 }

@@ -1,292 +1,16 @@
-// Load-generator thread of the group-fanout scenario (started by group-fanout.ts), and the small MQTT
-// client both use. A thread holds the devices of its share of the group's members (one device per
-// user, client id <user>:phone, persistent session, subscribed to u/<user>/# at QoS 1), counts the
+// Load-generator thread of the group-fanout scenario (started by group-fanout.ts). A thread holds
+// the devices of its share of the group's members (one device per user, client id <user>:phone, persistent session, subscribed to u/<user>/# at QoS 1), counts the
 // group messages they receive into a SharedArrayBuffer every thread reads, and sends from the
 // members chosen as senders, keeping the group-wide window of messages not yet delivered to every
-// online member. The module body runs only in such a thread; the main thread imports the client
-// and the types.
-//
-// Why a client of its own: scripts/bench/_mqtt-raw.ts opens clean sessions only, and this scenario
-// is about persistent ones (clean=false), whose offline members a naive broker would queue for.
-// It keeps that client's shape: CONNECT, SUBSCRIBE, PUBLISH QoS 0/1, PUBACK, DISCONNECT; plus
-// RPC over s/rpc (answers on u/<user>/d/<device>/res) for setup and catch-up.
-import { connect, type Socket } from 'node:net'
+// online member. The module body runs only in such a thread; the main thread imports the types.
 import { isMainThread, parentPort, workerData } from 'node:worker_threads'
-
-// ---- the client -------------------------------------------------------------------------------
-
-function remainingLength(n: number): Buffer {
-  const bytes: number[] = []
-  do {
-    let b = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) b |= 0x80
-    bytes.push(b)
-  } while (n > 0)
-  return Buffer.from(bytes)
-}
-
-function str(s: string): Buffer {
-  const b = Buffer.from(s, 'utf8')
-  const out = Buffer.allocUnsafe(2 + b.length)
-  out.writeUInt16BE(b.length, 0)
-  b.copy(out, 2)
-  return out
-}
-
-function packet(header: number, ...parts: Buffer[]): Buffer {
-  const body = Buffer.concat(parts)
-  return Buffer.concat([Buffer.from([header]), remainingLength(body.length), body])
-}
-
-export interface RpcAnswer {
-  id: string
-  ok: boolean
-  result?: unknown
-  error?: { code?: string; message?: string }
-}
-
-export class FanoutClient {
-  /** Every PUBLISH received except RPC answers (QoS 1 ones are acknowledged first). */
-  onMessage: (topic: string, payload: Buffer) => void = () => {}
-  onPuback: (id: number) => void = () => {}
-  private pending: Buffer | undefined
-  private nextId = 1
-  private nextRpc = 1
-  private readonly waiters = new Map<string, { resolve: (code: number) => void; reject: (err: Error) => void }>()
-  private readonly rpcs = new Map<string, { resolve: (a: RpcAnswer) => void; reject: (err: Error) => void }>()
-  private corked = false
-  private readonly resTopic: string
-  closed = false
-  sessionPresent = false
-
-  private constructor(
-    private readonly socket: Socket,
-    readonly clientId: string
-  ) {
-    const [user, device] = clientId.split(':') as [string, string]
-    this.resTopic = `u/${user}/d/${device}/res`
-    socket.setNoDelay(true)
-    socket.on('data', (chunk: Buffer) => this.data(chunk))
-    const fail = (err: Error) => {
-      this.closed = true
-      for (const w of this.waiters.values()) w.reject(err)
-      for (const w of this.rpcs.values()) w.reject(err)
-      this.waiters.clear()
-      this.rpcs.clear()
-    }
-    socket.on('error', fail)
-    socket.on('close', () => fail(new Error('connection closed')))
-  }
-
-  static async connect(o: { host: string; port: number; clientId: string; clean: boolean; timeoutMs?: number }): Promise<FanoutClient> {
-    const socket = connect({ host: o.host, port: o.port })
-    const client = new FanoutClient(socket, o.clientId)
-    const keepalive = Buffer.alloc(2)
-    keepalive.writeUInt16BE(600, 0)
-    const connack = client.wait('connack', o.timeoutMs ?? 60_000)
-    socket.write(packet(0x10, str('MQTT'), Buffer.from([4, o.clean ? 0x02 : 0x00]), keepalive, str(o.clientId)))
-    const code = await connack.catch((err: unknown) => {
-      socket.destroy()
-      throw err
-    })
-    if (code !== 0) {
-      socket.destroy()
-      throw new Error(`CONNACK ${code} for ${o.clientId}`)
-    }
-    return client
-  }
-
-  async subscribe(topic: string, qos: 0 | 1, timeoutMs = 60_000): Promise<void> {
-    const id = this.id()
-    const suback = this.wait(`suback:${id}`, timeoutMs)
-    const pid = Buffer.alloc(2)
-    pid.writeUInt16BE(id, 0)
-    this.socket.write(packet(0x82, pid, str(topic), Buffer.from([qos])))
-    if ((await suback) === 0x80) throw new Error(`SUBACK 0x80 for ${topic}`)
-  }
-
-  /** Sends a PUBLISH and returns its packet id (0 for QoS 0). Writes of one tick leave together. */
-  publish(topic: Buffer, payload: Buffer, qos: 0 | 1): number {
-    const id = qos ? this.id() : 0
-    const len = 2 + topic.length + (qos ? 2 : 0) + payload.length
-    const rl = remainingLength(len)
-    const out = Buffer.allocUnsafe(1 + rl.length + len)
-    let o = 0
-    out[o++] = 0x30 | (qos << 1)
-    rl.copy(out, o)
-    o += rl.length
-    out.writeUInt16BE(topic.length, o)
-    o += 2
-    topic.copy(out, o)
-    o += topic.length
-    if (qos) {
-      out.writeUInt16BE(id, o)
-      o += 2
-    }
-    payload.copy(out, o)
-    this.write(out)
-    return id
-  }
-
-  /** One request on s/rpc; resolves with the answer (ok or not), rejects when none comes in time. */
-  rpc(method: string, params: Record<string, unknown>, timeoutMs = 60_000): Promise<RpcAnswer> {
-    const id = `r${this.nextRpc++}`
-    return new Promise<RpcAnswer>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.rpcs.delete(id)
-        reject(new Error(`${this.clientId} ${method}: no answer within ${timeoutMs} ms`))
-      }, timeoutMs)
-      this.rpcs.set(id, {
-        resolve: (a) => {
-          clearTimeout(timer)
-          resolve(a)
-        },
-        reject: (err) => {
-          clearTimeout(timer)
-          reject(err)
-        }
-      })
-      this.publish(Buffer.from('s/rpc'), Buffer.from(JSON.stringify({ id, method, params })), 1)
-    })
-  }
-
-  /** Like rpc(), but an answer that is not ok throws. */
-  async call<T>(method: string, params: Record<string, unknown>, timeoutMs?: number): Promise<T> {
-    const a = await this.rpc(method, params, timeoutMs)
-    if (!a.ok) throw new Error(`${this.clientId} ${method}: ${a.error?.code ?? '?'} ${a.error?.message ?? ''}`)
-    return a.result as T
-  }
-
-  /** DISCONNECT, then close: a persistent session stays on the broker. */
-  async close(): Promise<void> {
-    if (this.closed) return
-    this.closed = true
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.socket.destroy()
-        resolve()
-      }, 5000)
-      this.socket.once('close', () => {
-        clearTimeout(timer)
-        resolve()
-      })
-      this.socket.end(Buffer.from([0xe0, 0]))
-    })
-  }
-
-  private id(): number {
-    const id = this.nextId
-    this.nextId = id === 65535 ? 1 : id + 1
-    return id
-  }
-
-  private write(buf: Buffer): void {
-    if (!this.corked) {
-      this.corked = true
-      this.socket.cork()
-      process.nextTick(() => {
-        this.corked = false
-        this.socket.uncork()
-      })
-    }
-    this.socket.write(buf)
-  }
-
-  private wait(key: string, timeoutMs: number): Promise<number> {
-    return new Promise<number>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiters.delete(key)
-        reject(new Error(`${this.clientId}: no ${key} within ${timeoutMs} ms`))
-      }, timeoutMs)
-      this.waiters.set(key, {
-        resolve: (code) => {
-          clearTimeout(timer)
-          resolve(code)
-        },
-        reject: (err) => {
-          clearTimeout(timer)
-          reject(err)
-        }
-      })
-    })
-  }
-
-  private settle(key: string, code: number): void {
-    const w = this.waiters.get(key)
-    this.waiters.delete(key)
-    w?.resolve(code)
-  }
-
-  private data(chunk: Buffer): void {
-    const buf = this.pending ? Buffer.concat([this.pending, chunk]) : chunk
-    let off = 0
-    for (;;) {
-      if (buf.length - off < 2) break
-      let len = 0
-      let mult = 1
-      let i = off + 1
-      let complete = false
-      for (let n = 0; n < 4 && i < buf.length; n++) {
-        const b = buf[i++]!
-        len += (b & 0x7f) * mult
-        mult *= 128
-        if (!(b & 0x80)) {
-          complete = true
-          break
-        }
-      }
-      if (!complete || buf.length - i < len) break
-      this.handle(buf[off]!, buf.subarray(i, i + len))
-      off = i + len
-    }
-    this.pending = off < buf.length ? Buffer.from(buf.subarray(off)) : undefined
-  }
-
-  private handle(header: number, body: Buffer): void {
-    switch (header >> 4) {
-      case 3: {
-        const qos = (header >> 1) & 3
-        const tlen = body.readUInt16BE(0)
-        const topic = body.toString('utf8', 2, 2 + tlen)
-        let o = 2 + tlen
-        if (qos > 0) {
-          const id = body.readUInt16BE(o)
-          o += 2
-          this.write(Buffer.from([0x40, 2, id >> 8, id & 0xff]))
-        }
-        const payload = body.subarray(o)
-        if (topic === this.resTopic) {
-          try {
-            const a = JSON.parse(payload.toString()) as RpcAnswer
-            const w = this.rpcs.get(a.id)
-            this.rpcs.delete(a.id)
-            w?.resolve(a)
-          } catch {
-            // not an answer of ours
-          }
-          return
-        }
-        this.onMessage(topic, payload)
-        break
-      }
-      case 4:
-        this.onPuback(body.readUInt16BE(0))
-        break
-      case 2:
-        this.sessionPresent = (body[0]! & 1) === 1
-        this.settle('connack', body[1]!)
-        break
-      case 9:
-        this.settle(`suback:${body.readUInt16BE(0)}`, body[2]!)
-        break
-      default:
-        break
-    }
-  }
-}
+import { RawClient } from './_mqtt-raw.js'
 
 // ---- shared between the main thread and the generator threads ---------------------------------
+
+/** A member's device (_mqtt-raw.ts): persistent session by default, as the scenario is about those. */
+export const openDevice = (host: string, port: number, clientId: string, clean = false): Promise<RawClient> =>
+  RawClient.connect({ host, port, clientId, clean, keepalive: 600, timeoutMs: 60_000 })
 
 /** Member i of run r: user id and the client id of its one device. */
 export const userOf = (run: string, i: number): string => `gf${run}u${i}`
@@ -360,7 +84,7 @@ function thread(init: WorkerInit): void {
   const port = parentPort!
   const shared = new Int32Array(init.shared)
   const now = (): number => performance.timeOrigin + performance.now()
-  const devices = new Map<number, FanoutClient>()
+  const devices = new Map<number, RawClient>()
   const samples = new Float64Array(init.sampleCap)
   let sampleCount = 0
   let elu0 = performance.eventLoopUtilization()
@@ -381,14 +105,14 @@ function thread(init: WorkerInit): void {
     pump()
   }
 
-  const open = async (i: number): Promise<FanoutClient> => {
-    const c = await FanoutClient.connect({ host: init.host, port: init.port, clientId: deviceOf(init.run, i), clean: false })
+  const open = async (i: number): Promise<RawClient> => {
+    const c = await openDevice(init.host, init.port, deviceOf(init.run, i))
     c.onMessage = onMessage
     c.onPuback = () => {
       Atomics.add(shared, ACKED, 1)
       pump()
     }
-    await c.subscribe(`u/${userOf(init.run, i)}/#`, 1)
+    await c.subscribe(`u/${userOf(init.run, i)}/#`, 1, 60_000)
     return c
   }
 
@@ -439,7 +163,7 @@ function thread(init: WorkerInit): void {
   }
 
   /** Pull pages (ack loop) of a device's group conversation; falls back to messages.sync after a reset. */
-  const catchUp = async (c: FanoutClient, tag: string, expect: number, afterSeq: number, stats: CatchUp): Promise<void> => {
+  const catchUp = async (c: RawClient, tag: string, expect: number, afterSeq: number, stats: CatchUp): Promise<void> => {
     const seqs: number[] = []
     const take = (messages: Array<{ seq: number; cmid: string }>) => {
       for (const m of messages) if (m.cmid.startsWith(`${tag}-`)) seqs.push(m.seq)
@@ -517,7 +241,7 @@ function thread(init: WorkerInit): void {
       }
       case 'disconnect': {
         const mine = c.members.filter((i) => devices.has(i))
-        await Promise.all(mine.map((i) => devices.get(i)!.close()))
+        await Promise.all(mine.map((i) => devices.get(i)!.close(5000)))
         for (const i of mine) devices.delete(i)
         return { disconnected: mine.length }
       }
@@ -525,12 +249,12 @@ function thread(init: WorkerInit): void {
         const stats: CatchUp = { checked: 0, complete: 0, queuedCopies: 0, methods: {}, rpcs: 0, failures: [] }
         const failures = await pool(c.members, 10, async (i) => {
           stats.checked++
-          const client = await FanoutClient.connect({ host: init.host, port: init.port, clientId: deviceOf(init.run, i), clean: false })
+          const client = await openDevice(init.host, init.port, deviceOf(init.run, i))
           // Anything of the offline phase that arrives live now came from a queue: nothing is being sent.
           client.onMessage = (topic, payload) => {
             if (topic.endsWith('/m') && payload.includes(`"cmid":"${c.tag}-`)) stats.queuedCopies++
           }
-          await client.subscribe(`u/${userOf(init.run, i)}/#`, 1)
+          await client.subscribe(`u/${userOf(init.run, i)}/#`, 1, 60_000)
           await new Promise((r) => setTimeout(r, c.listenMs))
           await catchUp(client, c.tag, c.expect, c.afterSeq, stats)
           devices.set(i, client)
@@ -540,7 +264,7 @@ function thread(init: WorkerInit): void {
       }
       case 'close':
         clearInterval(ticker)
-        await Promise.all([...devices.values()].map((d) => d.close().catch(() => undefined)))
+        await Promise.all([...devices.values()].map((d) => d.close(5000).catch(() => undefined)))
         devices.clear()
         return {}
     }

@@ -5,6 +5,7 @@
 // them all at once. Presence events received on u/<user>/e are counted.
 import { createConnection } from 'node:net'
 import { MqttClient } from 'mqtt'
+import { serveCommands } from './_common.js'
 
 export type Command =
   | { cmd: 'init'; port: number; indices: number[]; devices: number; contacts: number; worker: number }
@@ -41,10 +42,6 @@ let contacts = 0
 let worker = 0
 const clients: MqttClient[] = []
 const counts: Counts = { online: 0, offline: 0, other: 0 }
-
-const send = (msg: Record<string, unknown>): void => {
-  process.send!(msg)
-}
 
 function open(user: string, localAddress: string, onMessage?: (topic: string, payload: Buffer) => void): Promise<MqttClient> {
   const client = new MqttClient(() => createConnection({ host: '127.0.0.1', port, localAddress }), {
@@ -169,29 +166,24 @@ async function storm(inflight: number, snapshot: boolean): Promise<Record<string
   return { ...result, connected: latencies.length, startedAt, doneAt: Date.now(), latencyMs: { p50: pct(0.5), p99: pct(0.99), max: pct(1) } }
 }
 
-process.on('disconnect', () => process.exit(0))
-process.on('message', (message: Command) => {
-  const reply = (data: Record<string, unknown>) => send({ reply: message.cmd, ...data })
-  const run = async (): Promise<void> => {
-    switch (message.cmd) {
-      case 'init':
-        ;({ port, indices, devices, contacts, worker } = message)
-        return reply({})
-      case 'setup':
-        return reply(await pool(indices, message.concurrency, setupUser))
-      case 'storm':
-        return reply(await storm(message.inflight, message.snapshot))
-      case 'counts':
-        return reply({ counts: { ...counts } })
-      case 'leave': {
-        const startedAt = Date.now()
-        const ends = await Promise.allSettled(clients.splice(0).map((c) => withTimeout(c.endAsync(), 60_000, 'disconnect')))
-        return reply({ failed: ends.filter((e) => e.status === 'rejected').length, startedAt, doneAt: Date.now() })
-      }
-      case 'exit':
-        for (const c of clients) c.end(true)
-        process.exit(0)
+serveCommands<Command>(async (message) => {
+  switch (message.cmd) {
+    case 'init':
+      ;({ port, indices, devices, contacts, worker } = message)
+      return {}
+    case 'setup':
+      return pool(indices, message.concurrency, setupUser)
+    case 'storm':
+      return storm(message.inflight, message.snapshot)
+    case 'counts':
+      return { counts: { ...counts } }
+    case 'leave': {
+      const startedAt = Date.now()
+      const ends = await Promise.allSettled(clients.splice(0).map((c) => withTimeout(c.endAsync(), 60_000, 'disconnect')))
+      return { failed: ends.filter((e) => e.status === 'rejected').length, startedAt, doneAt: Date.now() }
     }
+    case 'exit':
+      for (const c of clients) c.end(true)
+      process.exit(0)
   }
-  run().catch((err: unknown) => send({ reply: message.cmd, error: (err as Error).stack ?? String(err) }))
 })

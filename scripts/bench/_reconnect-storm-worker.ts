@@ -12,10 +12,11 @@
 //           ack commits the end), then sends s/delivered for each conversation that brought messages
 //           from the partner (a clean session's delivery report), and stays connected;
 //   leave   the phones disconnect.
-// The MQTT client is a minimal one over node:net (like _mqtt-raw.ts, plus a source address, so the
-// storm's connections spread over several 127.x addresses): mqtt.js would cost the generator several
-// times the CPU on the 2 cores the broker also runs on.
-import { connect, type Socket } from 'node:net'
+// The MQTT client is _mqtt-raw.ts, with source addresses so the storm's connections spread over
+// several 127.x addresses: mqtt.js would cost the generator several times the CPU on the 2 cores the
+// broker also runs on.
+import { RawClient } from './_mqtt-raw.js'
+import { serveCommands } from './_common.js'
 
 export type Command =
   | { cmd: 'init'; port: number; indices: number[]; devices: number; partners: number; messages: number; worker: number }
@@ -44,256 +45,23 @@ export function expectedFor(i: number, n: number, k: number, m: number): Map<num
 const PHASE_TIMEOUT_MS = 150_000
 const RPC_TIMEOUT_MS = 60_000
 
-// ---- a minimal MQTT 3.1.1 client -------------------------------------------------------------
+// ---- a device: its connection (_mqtt-raw.ts) and what arrived live on it ----------------------
 
-const CONNACK = 2
-const PUBLISH = 3
-const PUBACK = 4
-const SUBACK = 9
-
-function remainingLength(n: number): Buffer {
-  const bytes: number[] = []
-  do {
-    let b = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) b |= 0x80
-    bytes.push(b)
-  } while (n > 0)
-  return Buffer.from(bytes)
+interface Device {
+  conn: RawClient
+  /** Envelopes received live on u/<user>/m, receipts on u/<user>/r, and anything else (RPC answers are the client's). */
+  live: { messages: number; receipts: number; other: number }
 }
 
-function str(s: string): Buffer {
-  const b = Buffer.from(s, 'utf8')
-  const out = Buffer.allocUnsafe(2 + b.length)
-  out.writeUInt16BE(b.length, 0)
-  b.copy(out, 2)
-  return out
-}
-
-const packet = (header: number, ...parts: Buffer[]): Buffer => {
-  const body = Buffer.concat(parts)
-  return Buffer.concat([Buffer.from([header]), remainingLength(body.length), body])
-}
-
-interface Waiter {
-  resolve: (code: number) => void
-  reject: (err: Error) => void
-  timer: NodeJS.Timeout
-}
-
-class Conn {
-  onMessage: (topic: string, payload: Buffer) => void = () => undefined
-  private pending: Buffer | undefined
-  private nextId = 1
-  private readonly waiters = new Map<string, Waiter>()
-  private closed = false
-
-  private constructor(private readonly socket: Socket) {
-    socket.setNoDelay(true)
-    socket.on('data', (chunk: Buffer) => this.data(chunk))
-    const fail = (err: Error) => {
-      this.closed = true
-      for (const w of this.waiters.values()) {
-        clearTimeout(w.timer)
-        w.reject(err)
-      }
-      this.waiters.clear()
-    }
-    socket.on('error', fail)
-    socket.on('close', () => fail(new Error('connection closed')))
+async function connectDevice(localAddress: string, user: string, device: string): Promise<Device> {
+  const conn = await RawClient.connect({ host: '127.0.0.1', port, localAddress, clientId: `${user}:${device}`, timeoutMs: 60_000 })
+  const live = { messages: 0, receipts: 0, other: 0 }
+  conn.onMessage = (topic) => {
+    if (topic === `u/${user}/m`) live.messages++
+    else if (topic === `u/${user}/r`) live.receipts++
+    else live.other++
   }
-
-  static async open(port: number, localAddress: string, clientId: string, timeoutMs = 60_000): Promise<Conn> {
-    const socket = connect({ host: '127.0.0.1', port, localAddress })
-    const c = new Conn(socket)
-    const keepalive = Buffer.alloc(2)
-    keepalive.writeUInt16BE(300, 0)
-    const connack = c.wait('connack', timeoutMs)
-    socket.write(packet(0x10, str('MQTT'), Buffer.from([4, 0x02]), keepalive, str(clientId))) // clean session, no credentials
-    const code = await connack
-    if (code !== 0) {
-      socket.destroy()
-      throw new Error(`CONNACK ${code} for ${clientId}`)
-    }
-    return c
-  }
-
-  async subscribe(topic: string, timeoutMs = RPC_TIMEOUT_MS): Promise<void> {
-    const id = this.id()
-    const suback = this.wait(`suback:${id}`, timeoutMs)
-    this.socket.write(packet(0x82, Buffer.from([id >> 8, id & 0xff]), str(topic), Buffer.from([1])))
-    if ((await suback) === 0x80) throw new Error(`SUBACK 0x80 for ${topic}`)
-  }
-
-  /** QoS 1 publish; resolves at its PUBACK. */
-  async publish(topic: string, payload: string, timeoutMs = RPC_TIMEOUT_MS): Promise<void> {
-    const id = this.id()
-    const puback = this.wait(`puback:${id}`, timeoutMs)
-    this.socket.write(packet(0x32, str(topic), Buffer.from([id >> 8, id & 0xff]), Buffer.from(payload, 'utf8')))
-    await puback
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return
-    this.closed = true
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.socket.destroy()
-        resolve()
-      }, 5000)
-      this.socket.once('close', () => {
-        clearTimeout(timer)
-        resolve()
-      })
-      this.socket.end(Buffer.from([0xe0, 0]))
-    })
-  }
-
-  destroy(): void {
-    this.closed = true
-    this.socket.destroy()
-  }
-
-  private id(): number {
-    const id = this.nextId
-    this.nextId = id === 65535 ? 1 : id + 1
-    return id
-  }
-
-  private wait(key: string, timeoutMs: number): Promise<number> {
-    if (this.closed) return Promise.reject(new Error('connection closed'))
-    return new Promise<number>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiters.delete(key)
-        reject(new Error(`no ${key.split(':')[0]} within ${timeoutMs} ms`))
-      }, timeoutMs)
-      this.waiters.set(key, { resolve, reject, timer })
-    })
-  }
-
-  private settle(key: string, code: number): void {
-    const w = this.waiters.get(key)
-    if (!w) return
-    this.waiters.delete(key)
-    clearTimeout(w.timer)
-    w.resolve(code)
-  }
-
-  private data(chunk: Buffer): void {
-    const buf = this.pending ? Buffer.concat([this.pending, chunk]) : chunk
-    let off = 0
-    for (;;) {
-      if (buf.length - off < 2) break
-      let len = 0
-      let mult = 1
-      let i = off + 1
-      let complete = false
-      for (let n = 0; n < 4 && i < buf.length; n++) {
-        const b = buf[i++]!
-        len += (b & 0x7f) * mult
-        mult *= 128
-        if (!(b & 0x80)) {
-          complete = true
-          break
-        }
-      }
-      if (!complete || buf.length - i < len) break
-      this.handle(buf[off]!, buf.subarray(i, i + len))
-      off = i + len
-    }
-    this.pending = off < buf.length ? Buffer.from(buf.subarray(off)) : undefined
-  }
-
-  private handle(header: number, body: Buffer): void {
-    switch (header >> 4) {
-      case PUBLISH: {
-        const qos = (header >> 1) & 3
-        const tlen = body.readUInt16BE(0)
-        const topic = body.toString('utf8', 2, 2 + tlen)
-        let o = 2 + tlen
-        if (qos > 0) {
-          const id = body.readUInt16BE(o)
-          o += 2
-          this.socket.write(Buffer.from([0x40, 2, id >> 8, id & 0xff]))
-        }
-        this.onMessage(topic, body.subarray(o))
-        break
-      }
-      case PUBACK:
-        this.settle(`puback:${body.readUInt16BE(0)}`, 0)
-        break
-      case CONNACK:
-        this.settle('connack', body[1]!)
-        break
-      case SUBACK:
-        this.settle(`suback:${body.readUInt16BE(0)}`, body[2]!)
-        break
-      default:
-        break
-    }
-  }
-}
-
-// ---- a device: RPCs over s/rpc and u/<user>/d/<device>/res ----------------------------------
-
-interface RpcAnswer {
-  id?: string
-  ok?: boolean
-  result?: unknown
-  error?: { code?: string; message?: string }
-}
-
-class Device {
-  private readonly calls = new Map<string, { resolve: (a: RpcAnswer) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>()
-  private n = 0
-  /** Envelopes received live on u/<user>/m, receipts on u/<user>/r, and anything else. */
-  live = { messages: 0, receipts: 0, other: 0 }
-
-  constructor(
-    readonly user: string,
-    readonly device: string,
-    readonly conn: Conn
-  ) {
-    const res = `u/${user}/d/${device}/res`
-    conn.onMessage = (topic, payload) => {
-      if (topic === res) {
-        const answer = JSON.parse(payload.toString()) as RpcAnswer
-        const call = answer.id ? this.calls.get(answer.id) : undefined
-        if (!call) return
-        this.calls.delete(answer.id!)
-        clearTimeout(call.timer)
-        call.resolve(answer)
-      } else if (topic === `u/${user}/m`) this.live.messages++
-      else if (topic === `u/${user}/r`) this.live.receipts++
-      else this.live.other++
-    }
-  }
-
-  static async connect(port: number, localAddress: string, user: string, device: string): Promise<Device> {
-    return new Device(user, device, await Conn.open(port, localAddress, `${user}:${device}`))
-  }
-
-  /** One RPC; resolves with its result, rejects on an error answer or no answer in time. */
-  async rpc<T>(method: string, params: Record<string, unknown>): Promise<T> {
-    const id = `r${++this.n}`
-    const answered = new Promise<RpcAnswer>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.calls.delete(id)
-        reject(new Error(`${method}: no answer within ${RPC_TIMEOUT_MS} ms`))
-      }, RPC_TIMEOUT_MS)
-      this.calls.set(id, { resolve, reject, timer })
-    })
-    try {
-      await this.conn.publish('s/rpc', JSON.stringify({ id, method, params }))
-    } catch (err) {
-      clearTimeout(this.calls.get(id)?.timer)
-      this.calls.delete(id)
-      throw err
-    }
-    const answer = await answered
-    if (!answer.ok) throw new Error(`${method} refused: ${answer.error?.code ?? '?'} ${answer.error?.message ?? ''}`)
-    return answer.result as T
-  }
+  return { conn, live }
 }
 
 // ---- state of this process -------------------------------------------------------------------
@@ -307,10 +75,6 @@ let worker = 0
 const phones: Device[] = []
 /** Setup connections of the phones, by user index, between `sync` and `send`. */
 const setupPhones = new Map<number, Device>()
-
-const send = (msg: Record<string, unknown>): void => {
-  process.send!(msg)
-}
 
 /** Source address of the n-th connection of a phase: 8 per process and phase, in 127.<base+worker>.x. */
 const source = (base: number, n: number) => `127.0.${base + worker}.${1 + (n % 8)}`
@@ -359,32 +123,32 @@ interface PullAnswer {
 
 async function syncOnce(i: number, n: number, web: boolean): Promise<void> {
   const user = userName(i)
-  const phone = await Device.connect(port, source(20, n), user, 'phone')
+  const phone = await connectDevice(source(20, n), user, 'phone')
   let keep = false
   try {
     // No SUBSCRIBE: answers on .../d/<device>/res reach the live connection without one (protocol.md),
     // and this client hands every PUBLISH over; messages on u/<user>/m are not delivered without one.
-    const first = await phone.rpc<PullAnswer>('messages.pull', {})
+    const first = await phone.conn.call<PullAnswer>('messages.pull', {}, RPC_TIMEOUT_MS)
     if (!first.fresh) throw new Error(`${user}: the first pull was not fresh`)
     keep = !web
   } finally {
     if (keep) setupPhones.set(i, phone)
-    else await phone.conn.close()
+    else await phone.conn.close(5000)
   }
 }
 
 async function sendAll(i: number, n: number, web: boolean): Promise<void> {
   const user = userName(i)
-  const conn = web ? await Conn.open(port, source(30, n), `${user}:web`) : setupPhones.get(i)?.conn
+  const conn = web ? await RawClient.connect({ host: '127.0.0.1', port, localAddress: source(30, n), clientId: `${user}:web`, timeoutMs: 60_000 }) : setupPhones.get(i)?.conn
   if (!conn) throw new Error(`${user}: no setup connection`)
   setupPhones.delete(i)
   try {
     const body = `hello from ${user}, `.padEnd(80, 'x')
     await Promise.all(
-      Array.from({ length: messages }, (_, k) => conn.publish(`s/dm/${userName((i + 1 + (k % partners)) % devices)}`, JSON.stringify({ cmid: `m${k}`, body: `${body}${k}` })))
+      Array.from({ length: messages }, (_, k) => conn.publishAcked(`s/dm/${userName((i + 1 + (k % partners)) % devices)}`, JSON.stringify({ cmid: `m${k}`, body: `${body}${k}` }), RPC_TIMEOUT_MS))
     )
   } finally {
-    await conn.close()
+    await conn.close(5000)
   }
 }
 
@@ -410,14 +174,14 @@ async function catchUp(
   let phone: Device
   const c0 = performance.now()
   try {
-    phone = await Device.connect(port, source(40, n), user, 'phone')
+    phone = await connectDevice(source(40, n), user, 'phone')
   } finally {
     release()
   }
   connectLatencies.push(performance.now() - c0)
   const connectedAt = Date.now()
   phones.push(phone)
-  await phone.conn.subscribe(`u/${user}/#`)
+  await phone.conn.subscribe(`u/${user}/#`, 1, RPC_TIMEOUT_MS)
   const got = new Map<string, { seqs: number[]; ids: Set<string>; fromPeer: boolean; lastSeq: number }>()
   let params: Record<string, unknown> = limit ? { limit } : {}
   let pulls = 0
@@ -426,7 +190,7 @@ async function catchUp(
   for (;;) {
     if (++pulls > 1000) throw new Error(`${user}: more than 1000 pulls`)
     const t0 = performance.now()
-    const page = await phone.rpc<PullAnswer>('messages.pull', params)
+    const page = await phone.conn.call<PullAnswer>('messages.pull', params, RPC_TIMEOUT_MS)
     latencies.push(performance.now() - t0)
     if (page.fresh) throw new Error(`${user}: pull answered fresh (the device's cursor was lost)`)
     for (const c of page.changes) {
@@ -453,7 +217,7 @@ async function catchUp(
   if (delivered) {
     // A clean session reports delivery per conversation once it has every message up to lastSeq.
     await Promise.all(
-      [...got].filter(([, e]) => e.fromPeer).map(([peer, e]) => phone.conn.publish('s/delivered', JSON.stringify({ conversation: { kind: 'dm', id: peer }, seq: e.lastSeq })))
+      [...got].filter(([, e]) => e.fromPeer).map(([peer, e]) => phone.conn.publishAcked('s/delivered', JSON.stringify({ conversation: { kind: 'dm', id: peer }, seq: e.lastSeq }), RPC_TIMEOUT_MS))
     )
   }
   // Exactly the messages sent to this user's conversations: seqs 1..count, each once.
@@ -532,33 +296,28 @@ async function storm(inflight: number, limit: number, delivered: boolean): Promi
   }
 }
 
-process.on('disconnect', () => process.exit(0))
-process.on('message', (message: Command) => {
-  const reply = (data: Record<string, unknown>) => send({ reply: message.cmd, ...data })
-  const run = async (): Promise<void> => {
-    switch (message.cmd) {
-      case 'init':
-        ;({ port, indices, devices, partners, messages, worker } = message)
-        return reply({})
-      case 'sync':
-        return reply(await pool(indices, message.concurrency, (i, n) => syncOnce(i, n, message.web)))
-      case 'send': {
-        const done = await pool(indices, message.concurrency, (i, n) => sendAll(i, n, message.web))
-        await Promise.all([...setupPhones.values()].map((p) => p.conn.close()))
-        setupPhones.clear()
-        return reply(done)
-      }
-      case 'storm':
-        return reply(await storm(message.inflight, message.limit, message.delivered))
-      case 'leave': {
-        const startedAt = Date.now()
-        await Promise.all(phones.splice(0).map((p) => p.conn.close()))
-        return reply({ startedAt, doneAt: Date.now() })
-      }
-      case 'exit':
-        for (const p of [...phones, ...setupPhones.values()]) p.conn.destroy()
-        process.exit(0)
+serveCommands<Command>(async (message) => {
+  switch (message.cmd) {
+    case 'init':
+      ;({ port, indices, devices, partners, messages, worker } = message)
+      return {}
+    case 'sync':
+      return pool(indices, message.concurrency, (i, n) => syncOnce(i, n, message.web))
+    case 'send': {
+      const done = await pool(indices, message.concurrency, (i, n) => sendAll(i, n, message.web))
+      await Promise.all([...setupPhones.values()].map((p) => p.conn.close(5000)))
+      setupPhones.clear()
+      return done
     }
+    case 'storm':
+      return storm(message.inflight, message.limit, message.delivered)
+    case 'leave': {
+      const startedAt = Date.now()
+      await Promise.all(phones.splice(0).map((p) => p.conn.close(5000)))
+      return { startedAt, doneAt: Date.now() }
+    }
+    case 'exit':
+      for (const p of [...phones, ...setupPhones.values()]) p.conn.destroy()
+      process.exit(0)
   }
-  run().catch((err: unknown) => send({ reply: message.cmd, error: (err as Error).stack ?? String(err) }))
 })

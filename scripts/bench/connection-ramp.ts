@@ -21,13 +21,13 @@
 // Limit: this machine gives every process at most 20,000 open descriptors (a hard limit, which
 // cannot be raised here), so the broker process holds at most ~19,990 sockets: 19,000 is the ceiling.
 // Parley's memory at 100,000 (the issue's target) is a linear extrapolation, labelled as such.
-import { fork, spawn, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { createConnection, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { clockTicks, cpuMs, memoryMiB, round, scrapeMetrics, settlesWithin, sleep, startBroker, waitUntil } from './_common.js'
+import { clockTicks, cpuMs, memoryMiB, round, scrapeMetrics, settlesWithin, sleep, startBroker, waitUntil, forkWorker, type WorkerProcess } from './_common.js'
 import { CHAT_PLUGINS, fmt, startTarget } from './_relay.js'
 import type { Command, ConnectReply, StatusReply } from './_ramp-worker.js'
 
@@ -134,51 +134,9 @@ async function start(name: RampTarget): Promise<Target> {
 
 // ---- generator processes ------------------------------------------------------------------------
 
-interface Worker {
-  child: ChildProcess
-  ask<T>(command: Command, timeoutMs: number): Promise<T>
-}
+type Worker = WorkerProcess<Command>
+const startWorker = (): Worker => forkWorker<Command>('_ramp-worker.ts', 'generator')
 
-function startWorker(): Worker {
-  const child = fork(join(import.meta.dirname, '_ramp-worker.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
-  const killOnExit = () => child.kill('SIGKILL')
-  process.once('exit', killOnExit)
-  child.once('exit', () => process.off('exit', killOnExit))
-  return {
-    child,
-    ask: <T>(command: Command, timeoutMs: number) =>
-      new Promise<T>((resolve, reject) => {
-        const timer = setTimeout(() => done(new Error(`generator ${child.pid}: no answer to ${command.cmd} within ${timeoutMs} ms`)), timeoutMs)
-        const onMessage = (msg: { reply: string; error?: string }) => {
-          if (msg.reply !== command.cmd) return
-          if (msg.error) done(new Error(`generator ${child.pid} ${command.cmd}: ${msg.error}`))
-          else done(undefined, msg as T)
-        }
-        const onExit = (code: number | null) => done(new Error(`generator ${child.pid} exited (${code}) during ${command.cmd}`))
-        const done = (err?: Error, value?: T) => {
-          clearTimeout(timer)
-          child.off('message', onMessage)
-          child.off('exit', onExit)
-          if (err) reject(err)
-          else resolve(value!)
-        }
-        child.on('message', onMessage)
-        child.once('exit', onExit)
-        child.send(command)
-      })
-  }
-}
-
-async function stopWorkers(workers: Worker[]): Promise<void> {
-  await Promise.all(
-    workers.map(async (w) => {
-      if (w.child.exitCode !== null || w.child.signalCode !== null) return
-      const exited = new Promise((r) => w.child.once('exit', r))
-      w.child.send({ cmd: 'exit' } satisfies Command)
-      if (!(await settlesWithin(exited, 5000))) w.child.kill('SIGKILL')
-    })
-  )
-}
 
 // ---- measurement --------------------------------------------------------------------------------
 
@@ -409,7 +367,7 @@ async function rampOne(name: RampTarget, index: number, o: Options): Promise<Row
       stopMs: 0
     }
   } finally {
-    await stopWorkers(workers)
+    await Promise.all(workers.map((w) => w.stop()))
     const s0 = performance.now()
     await t.stop()
     const stopMs = Math.round(performance.now() - s0)

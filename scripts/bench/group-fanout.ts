@@ -31,7 +31,8 @@ import { loadavg } from 'node:os'
 import { Worker } from 'node:worker_threads'
 import WebSocket from 'ws'
 import { clockTicks, cpuMs, intOptions, memoryMiB, round, scrapeMetrics, settlesWithin, sleep, startBroker, waitUntil, type Broker } from './_common.js'
-import { ACKED, DELIVERED, FanoutClient, LIMIT, MEASURING, ONLINE, RUNNING, SENT, SHARED_INTS, userOf, type CatchUp, type Command, type WorkerInit } from './_group-fanout-worker.js'
+import { ACKED, DELIVERED, LIMIT, MEASURING, ONLINE, RUNNING, SENT, SHARED_INTS, openDevice, userOf, type CatchUp, type Command, type WorkerInit } from './_group-fanout-worker.js'
+import type { RawClient } from './_mqtt-raw.js'
 import { CHAT_PLUGINS, HOST, fmt, limitedBy } from './_relay.js'
 
 export const description = 'group fan-out through the chat plugins: 1,000-member group all online (msg/s, deliveries/s, latency), then memory growth per offline member and catch-up'
@@ -239,7 +240,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
   const port = b.ports.tcp!
   const ops = b.ports.ops!
   const threads: GenThread[] = []
-  let admin: FanoutClient | undefined
+  let admin: RawClient | undefined
   try {
     if (!(await waitUntil(async () => (await fetch(`http://${HOST}:${ops}/readyz`).catch(() => undefined))?.status === 200, 30_000, 100))) throw new Error('broker not ready')
     if (gcForced) {
@@ -263,7 +264,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
 
     // ---- setup: the group, then every member's device ----------------------------------------
     let t0 = performance.now()
-    admin = await FanoutClient.connect({ host: HOST, port, clientId: `${userOf(run, 0)}:admin`, clean: true })
+    admin = await openDevice(HOST, port, `${userOf(run, 0)}:admin`, true)
     // Answers reach the device without a subscription (docs/protocol.md): this one receives nothing else.
     const others = Array.from({ length: o.members - 1 }, (_, i) => userOf(run, i + 1))
     const group = (await admin.call<{ id: string }>('groups.create', { name: `bench ${run}`, members: others }, 60_000)).id
@@ -478,7 +479,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     log(`heap per offline member per message: ${result.phase2.heapBytesPerOfflineMemberPerMessage} bytes; whole scenario ${result.totalSeconds} s`)
     return { ...result, loadAverage: loadavg().map((x) => round(x, 2)) }
   } finally {
-    await admin?.close().catch(() => undefined)
+    await admin?.close(5000).catch(() => undefined)
     await Promise.all(threads.map((t) => t.ask({ cmd: 'close' }, 30_000).catch(() => undefined)))
     await Promise.all(threads.map((t) => t.terminate()))
     await b.stop(20_000)

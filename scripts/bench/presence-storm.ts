@@ -19,11 +19,10 @@
 // presence fan-out is over, broker RSS, presence changes and events (the broker's /metrics), events the
 // devices received, the load generator's own CPU, and the same per connect and per contact.
 // --presence 0 runs the connect storm without the presence plugin: the cost of a bare connect.
-import { fork, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { cpuMs, intOptions, memoryMiB, round, scrapeMetrics, settlesWithin, sleep, startBroker, waitUntil, type Broker as BrokerProcess } from './_common.js'
+import { cpuMs, intOptions, memoryMiB, round, scrapeMetrics, sleep, startBroker, waitUntil, forkWorker, type WorkerProcess, type Broker as BrokerProcess } from './_common.js'
 import type { Command, Counts } from './_presence-storm-worker.js'
 
 export const description = 'presence under a storm: N devices with K contacts connect within seconds, then leave; presence events and CPU per connect'
@@ -33,40 +32,8 @@ const AUDIENCE_CACHE_MS = 10_000 // its default audienceCacheMs
 const EVENTS = 'parley_presence_events_total'
 const CHANGES = (to: 'online' | 'offline') => `parley_presence_changes_total{to="${to}"}`
 
-interface Worker {
-  child: ChildProcess
-  ask<T extends Record<string, unknown>>(command: Command, timeoutMs: number): Promise<T>
-}
-
-function startWorker(): Worker {
-  const child = fork(join(import.meta.dirname, '_presence-storm-worker.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
-  const killOnExit = () => child.kill('SIGKILL')
-  process.once('exit', killOnExit)
-  child.once('exit', () => process.off('exit', killOnExit))
-  return {
-    child,
-    ask: <T extends Record<string, unknown>>(command: Command, timeoutMs: number) =>
-      new Promise<T>((resolve, reject) => {
-        const timer = setTimeout(() => done(new Error(`worker ${child.pid}: no answer to ${command.cmd} within ${timeoutMs} ms`)), timeoutMs)
-        const onMessage = (msg: { reply: string; error?: string }) => {
-          if (msg.reply !== command.cmd) return
-          if (msg.error) done(new Error(`worker ${child.pid} ${command.cmd}: ${msg.error}`))
-          else done(undefined, msg as unknown as T)
-        }
-        const onExit = (code: number | null) => done(new Error(`worker ${child.pid} exited (${code}) during ${command.cmd}`))
-        const done = (err?: Error, value?: T) => {
-          clearTimeout(timer)
-          child.off('message', onMessage)
-          child.off('exit', onExit)
-          if (err) reject(err)
-          else resolve(value!)
-        }
-        child.on('message', onMessage)
-        child.once('exit', onExit)
-        child.send(command)
-      })
-  }
-}
+type Worker = WorkerProcess<Command>
+const startWorker = (): Worker => forkWorker<Command>('_presence-storm-worker.ts')
 
 /** A snapshot of everything measured: broker and load-generator CPU, broker memory, presence counters. */
 async function sample(broker: BrokerProcess, workers: Worker[]) {
@@ -269,14 +236,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     }
   } finally {
     const cleanup = Date.now()
-    await Promise.all(
-      workers.map(async (w) => {
-        if (w.child.exitCode !== null || w.child.signalCode !== null) return
-        const exited = new Promise((r) => w.child.once('exit', r))
-        w.child.send({ cmd: 'exit' })
-        if (!(await settlesWithin(exited, 5000))) w.child.kill('SIGKILL')
-      })
-    )
+    await Promise.all(workers.map((w) => w.stop()))
     if (broker) {
       const b = broker
       await b.stop(20_000)

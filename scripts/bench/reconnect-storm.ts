@@ -26,49 +26,15 @@
 // trips seen by the devices (p50/p99), broker CPU and RSS, generator CPU, and correctness: every phone
 // must get exactly the messages of its conversations since its cursor (its user's own and its
 // partners'), seqs 1..n per conversation, each once.
-import { fork, type ChildProcess } from 'node:child_process'
 import { loadavg } from 'node:os'
-import { join } from 'node:path'
-import { cpuMs, intOptions, memoryMiB, round, scrapeMetrics, settlesWithin, sleep, startBroker, waitUntil, type Broker } from './_common.js'
+import { cpuMs, intOptions, memoryMiB, round, scrapeMetrics, sleep, startBroker, waitUntil, forkWorker, type WorkerProcess, type Broker } from './_common.js'
 import { CHAT_PLUGINS } from './_relay.js'
 import { expectedFor, type Command } from './_reconnect-storm-worker.js'
 
 export const description = 'reconnect storm with delta sync: N offline phones reconnect within seconds and catch up with messages.pull'
 
-interface Worker {
-  child: ChildProcess
-  ask<T extends Record<string, unknown>>(command: Command, timeoutMs: number): Promise<T>
-}
-
-function startWorker(): Worker {
-  const child = fork(join(import.meta.dirname, '_reconnect-storm-worker.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
-  const killOnExit = () => child.kill('SIGKILL')
-  process.once('exit', killOnExit)
-  child.once('exit', () => process.off('exit', killOnExit))
-  return {
-    child,
-    ask: <T extends Record<string, unknown>>(command: Command, timeoutMs: number) =>
-      new Promise<T>((resolve, reject) => {
-        const timer = setTimeout(() => done(new Error(`worker ${child.pid}: no answer to ${command.cmd} within ${timeoutMs} ms`)), timeoutMs)
-        const onMessage = (msg: { reply: string; error?: string }) => {
-          if (msg.reply !== command.cmd) return
-          if (msg.error) done(new Error(`worker ${child.pid} ${command.cmd}: ${msg.error}`))
-          else done(undefined, msg as unknown as T)
-        }
-        const onExit = (code: number | null) => done(new Error(`worker ${child.pid} exited (${code}) during ${command.cmd}`))
-        const done = (err?: Error, value?: T) => {
-          clearTimeout(timer)
-          child.off('message', onMessage)
-          child.off('exit', onExit)
-          if (err) reject(err)
-          else resolve(value!)
-        }
-        child.on('message', onMessage)
-        child.once('exit', onExit)
-        child.send(command)
-      })
-  }
-}
+type Worker = WorkerProcess<Command>
+const startWorker = (): Worker => forkWorker<Command>('_reconnect-storm-worker.ts')
 
 const log = (line: string) => process.stderr.write(`[reconnect-storm] ${line}\n`)
 const sum = (xs: Array<Record<string, unknown>>, key: string) => xs.reduce((n, x) => n + Number(x[key] ?? 0), 0)
@@ -230,14 +196,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     return { ...result, totalSeconds: seconds(Date.now() - startedAt) }
   } finally {
     const cleanup = Date.now()
-    await Promise.all(
-      workers.map(async (w) => {
-        if (w.child.exitCode !== null || w.child.signalCode !== null) return
-        const exited = new Promise((r) => w.child.once('exit', r))
-        w.child.send({ cmd: 'exit' })
-        if (!(await settlesWithin(exited, 5000))) w.child.kill('SIGKILL')
-      })
-    )
+    await Promise.all(workers.map((w) => w.stop()))
     if (broker) await broker.stop(20_000)
     log(`stopped in ${Date.now() - cleanup} ms`)
   }

@@ -5,6 +5,7 @@
 // online member. The module body runs only in such a thread; the main thread imports the types.
 import { isMainThread, parentPort, workerData } from 'node:worker_threads'
 import { RawClient } from './_mqtt-raw.js'
+import { serveThread } from './_relay-shared.js'
 
 // ---- shared between the main thread and the generator threads ---------------------------------
 
@@ -270,13 +271,7 @@ function thread(init: WorkerInit): void {
     }
   }
 
-  port.on('message', (c: Command) => {
-    handle(c).then(
-      (reply) => port.postMessage({ reply: c.cmd, ...reply }, reply.latencies instanceof Float64Array ? [reply.latencies.buffer as ArrayBuffer] : []),
-      (err: unknown) => port.postMessage({ reply: c.cmd, error: err instanceof Error ? err.message : String(err) })
-    )
-  })
-  port.postMessage({ reply: 'started' })
+  serveThread<Command>(port, handle)
 }
 
 if (!isMainThread && (workerData as Partial<WorkerInit> | undefined)?.groupFanout) thread(workerData as WorkerInit)

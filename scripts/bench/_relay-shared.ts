@@ -1,5 +1,7 @@
 // Types and the shared-memory layout of the relay load generator, used by both the main thread
 // (_relay.ts) and the generator threads (_relay-worker.ts, whose module body runs only in a thread).
+import type { MessagePort } from 'node:worker_threads'
+
 export type ClientKind = 'raw' | 'mqttjs'
 /** relay: plain topics; chat: Parley's chat protocol (publish s/dm/<peer>, receive u/<peer>/m). */
 export type TopicKind = 'relay' | 'chat'
@@ -41,3 +43,17 @@ export const sharedSize = (flows: number): number => (2 + 2 * flows) * 4
 
 export const relayTopic = (run: string, f: number): string => `bench/${run}/f${f}`
 export const chatUsers = (run: string, f: number): { from: string; to: string } => ({ from: `p${run}f${f}`, to: `r${run}f${f}` })
+
+/**
+ * A generator thread's side of _relay.ts's GenThread: says 'started', then answers each command with
+ * `{ reply: cmd, ...result }` (or `error`); a `latencies` Float64Array is moved, not copied.
+ */
+export function serveThread<C extends { cmd: string }>(port: MessagePort, handle: (c: C) => Promise<Record<string, unknown>>): void {
+  port.on('message', (c: C) => {
+    handle(c).then(
+      (reply) => port.postMessage({ reply: c.cmd, ...reply }, reply.latencies instanceof Float64Array ? [reply.latencies.buffer as ArrayBuffer] : []),
+      (err: unknown) => port.postMessage({ reply: c.cmd, error: err instanceof Error ? err.message : String(err) })
+    )
+  })
+  port.postMessage({ reply: 'started' })
+}

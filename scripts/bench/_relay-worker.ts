@@ -7,7 +7,7 @@
 import { parentPort, workerData } from 'node:worker_threads'
 import mqtt from 'mqtt'
 import { RawClient } from './_mqtt-raw.js'
-import { MEASURING, RUNNING, chatUsers, deliveredIndex, relayTopic, sentIndex, type Command, type WorkerInit } from './_relay-shared.js'
+import { MEASURING, RUNNING, chatUsers, deliveredIndex, relayTopic, sentIndex, serveThread, type Command, type WorkerInit } from './_relay-shared.js'
 
 const now = (): number => performance.timeOrigin + performance.now()
 
@@ -182,10 +182,4 @@ async function handle(c: Command): Promise<Record<string, unknown>> {
   }
 }
 
-port.on('message', (c: Command) => {
-  handle(c).then(
-    (reply) => port.postMessage({ reply: c.cmd, ...reply }, reply.latencies instanceof Float64Array ? [reply.latencies.buffer as ArrayBuffer] : []),
-    (err: unknown) => port.postMessage({ reply: c.cmd, error: err instanceof Error ? err.message : String(err) })
-  )
-})
-port.postMessage({ reply: 'started' })
+serveThread<Command>(port, handle)

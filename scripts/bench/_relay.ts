@@ -24,7 +24,19 @@ export interface Target {
   kind: TopicKind
   port: number
   pid: number
+  /** Parley's operations port (/metrics, /readyz). */
+  opsPort?: number
   stop(): Promise<void>
+}
+
+/** What a scenario may add to a target's defaults. */
+export interface TargetOptions {
+  /** Extra Node options for a Parley broker (e.g. `--inspect=127.0.0.1:<port>`). */
+  nodeArgs?: string[]
+  /** Extra mosquitto.conf lines (e.g. `max_connections -1`). */
+  mosquittoConf?: string[]
+  /** How long a Parley broker may take to stop before SIGKILL (default 20 s). */
+  stopGraceMs?: number
 }
 
 const log = (line: string) => process.stderr.write(`[relay] ${line}\n`)
@@ -52,7 +64,7 @@ function track(child: ChildProcess): Promise<void> {
   )
 }
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   const server = createServer()
   await new Promise<void>((resolve) => server.listen(0, HOST, resolve))
   const address = server.address()
@@ -70,13 +82,13 @@ const accepts = (port: number) =>
     s.on('error', () => resolve(false))
   })
 
-async function startMosquitto(): Promise<Target> {
+async function startMosquitto(extraConf: string[] = []): Promise<Target> {
   const dir = mkdtempSync(join(tmpdir(), 'parley-bench-mosquitto-'))
   // Debian's defaults otherwise (max_inflight_messages 20, max_queued_messages 1000, Nagle on);
   // no persistence file and no log, like the in-memory Aedes targets.
   const port = await freePort()
   const conf = join(dir, 'mosquitto.conf')
-  writeFileSync(conf, [`listener ${port} ${HOST}`, 'allow_anonymous true', 'persistence false', 'log_dest none', ''].join('\n'))
+  writeFileSync(conf, [`listener ${port} ${HOST}`, 'allow_anonymous true', 'persistence false', 'log_dest none', ...extraConf, ''].join('\n'))
   const child = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
   const exited = track(child).then(() => rmSync(dir, { recursive: true, force: true }))
   const stderr: string[] = []
@@ -112,10 +124,10 @@ async function startAedes(): Promise<Target> {
 /** The chat plugins of the default set, minus auth-jwt (anonymous devices) and limits (its publish rate would be the number). */
 export const CHAT_PLUGINS = ['protocol', 'groups', 'messages', 'presence', 'media', 'push']
 
-export async function startTarget(name: TargetName): Promise<Target> {
+export async function startTarget(name: TargetName, options: TargetOptions = {}): Promise<Target> {
   switch (name) {
     case 'mosquitto':
-      return startMosquitto()
+      return startMosquitto(options.mosquittoConf)
     case 'aedes':
       return startAedes()
     case 'parley':
@@ -126,10 +138,10 @@ export async function startTarget(name: TargetName): Promise<Target> {
         PARLEY_LISTENERS__WS__ENABLED: 'false',
         PARLEY_SHUTDOWN__DRAIN_MS: '0'
       }
-      const b = await startBroker({ env, timeoutMs: 60_000 })
+      const b = await startBroker({ env, timeoutMs: 60_000, ...(options.nodeArgs ? { nodeArgs: options.nodeArgs } : {}) })
       // The stores initialise in the background: wait for /readyz.
       await waitUntil(async () => (await fetch(`http://${HOST}:${b.ports.ops}/readyz`).catch(() => undefined))?.status === 200, 30_000, 100)
-      return { name, kind: name === 'parley' ? 'relay' : 'chat', port: b.ports.tcp!, pid: b.pid, stop: () => b.stop(20_000) }
+      return { name, kind: name === 'parley' ? 'relay' : 'chat', port: b.ports.tcp!, pid: b.pid, opsPort: b.ports.ops!, stop: () => b.stop(options.stopGraceMs ?? 20_000) }
     }
   }
 }
@@ -173,15 +185,16 @@ export interface RunResult {
 
 type Reply = Record<string, unknown> & { reply: string; error?: string }
 
-class GenThread {
+/** A generator thread running `file` (a module of scripts/bench) with `init` as its workerData; it answers commands in order. */
+export class GenThread<C extends { cmd: string } = Command> {
   private readonly worker: Worker
   private readonly replies: Array<(r: Reply) => void> = []
   private failure: Error | undefined
   readonly started: Promise<void>
 
-  constructor(init: WorkerInit) {
+  constructor(init: unknown, file = '_relay-worker.ts') {
     // tsx's loader is registered inside the thread: worker threads do not inherit the --import.
-    const boot = `import { register } from ${JSON.stringify(import.meta.resolve('tsx/esm/api'))}; register(); await import(${JSON.stringify(new URL('./_relay-worker.ts', import.meta.url).href)})`
+    const boot = `import { register } from ${JSON.stringify(import.meta.resolve('tsx/esm/api'))}; register(); await import(${JSON.stringify(new URL(`./${file}`, import.meta.url).href)})`
     this.worker = new Worker(new URL(`data:text/javascript,${encodeURIComponent(boot)}`), { workerData: init })
     this.started = new Promise((resolve) => this.replies.push(() => resolve()))
     this.worker.on('message', (r: Reply) => this.replies.shift()?.(r))
@@ -194,7 +207,7 @@ class GenThread {
   }
 
   // Commands are answered in order, one at a time per thread.
-  async ask(c: Command, timeoutMs: number): Promise<Reply> {
+  async ask(c: C, timeoutMs: number): Promise<Reply> {
     if (this.failure) throw this.failure
     const reply = new Promise<Reply>((resolve) => this.replies.push(resolve))
     this.worker.postMessage(c)
@@ -210,29 +223,127 @@ class GenThread {
 }
 
 /** Busy CPU time of the whole machine so far, in ms (all cores, from /proc/stat; idle and iowait excluded). */
-function machineBusyMs(): number {
+export function machineBusyMs(): number {
   const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
   const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = fields
   return ((user + nice + system + irq + softirq + steal) * 1000) / clockTicks()
 }
 
-function percentile(sorted: Float64Array, p: number): number {
+/** The p-th percentile (0-100) of sorted samples; NaN for none. */
+export function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return NaN
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!
+}
+
+/** What one generator thread holds: the port it connects to, its publishers, its subscribers. */
+export interface Placement {
+  port: number
+  pubs: number[]
+  /** [flow, subscribers of it in this thread] */
+  subs: Array<[number, number]>
+}
+
+export interface ThreadsOptions {
+  client: ClientKind
+  kind: TopicKind
+  qos: 0 | 1
+  flows: number
+  /** Subscribers per flow. */
+  subscribers: number
+  payloadBytes: number
+}
+
+/**
+ * Generator threads (_relay-worker.ts), one per placement, and the counters they share in memory;
+ * connected and subscribed, not yet sending. A publisher's window counts deliveries made in any
+ * thread, so a flow may cross threads (and, with several ports, cluster nodes).
+ */
+export class RelayThreads {
+  private constructor(
+    readonly threads: GenThread[],
+    readonly shared: Int32Array,
+    private readonly flows: number
+  ) {}
+
+  static async start(o: ThreadsOptions, placements: Placement[]): Promise<RelayThreads> {
+    const run = Math.random().toString(36).slice(2, 8)
+    const buffer = new SharedArrayBuffer(sharedSize(o.flows))
+    const threads = placements.map((p, w) => {
+      const init: WorkerInit = {
+        worker: w,
+        host: HOST,
+        port: p.port,
+        client: o.client,
+        kind: o.kind,
+        qos: o.qos,
+        run,
+        flows: o.flows,
+        pubs: p.pubs,
+        subs: p.subs,
+        subsPerFlow: Array.from({ length: o.flows }, () => o.subscribers),
+        shared: buffer,
+        payloadBytes: o.payloadBytes,
+        sampleCap: 2_000_000
+      }
+      return new GenThread(init)
+    })
+    const t = new RelayThreads(threads, new Int32Array(buffer), o.flows)
+    try {
+      await Promise.all(threads.map((x) => settlesWithin(x.started, 30_000)))
+      // Every thread connects and subscribes before any publishes (publishing starts with run).
+      await t.ask({ cmd: 'connect' }, 120_000)
+    } catch (err) {
+      await t.close()
+      throw err
+    }
+    return t
+  }
+
+  /** The same command to every thread; their answers, in thread order. */
+  ask(c: Command, timeoutMs: number): Promise<Reply[]> {
+    return Promise.all(this.threads.map((t) => t.ask(c, timeoutMs)))
+  }
+
+  /** Messages published and deliveries made so far, over all flows. */
+  totals(): { sent: number; delivered: number } {
+    let sent = 0
+    let delivered = 0
+    for (let f = 0; f < this.flows; f++) {
+      sent += Atomics.load(this.shared, sentIndex(f))
+      delivered += Atomics.load(this.shared, deliveredIndex(this.flows, f))
+    }
+    return { sent, delivered }
+  }
+
+  async close(): Promise<void> {
+    Atomics.store(this.shared, RUNNING, 0)
+    await Promise.all(this.threads.map((t) => t.ask({ cmd: 'close' }, 15_000).catch(() => undefined)))
+    await Promise.all(this.threads.map((t) => t.terminate()))
+  }
+}
+
+/** Latency percentiles over the samples (`latencies`, Float64Array) of every thread's stop answer. */
+export function latencySummary(stops: Array<Record<string, unknown>>): RunResult['latencyMs'] {
+  const parts = stops.map((x) => x.latencies as Float64Array)
+  const all = new Float64Array(parts.reduce((n, x) => n + x.length, 0))
+  let o = 0
+  for (const x of parts) {
+    all.set(x, o)
+    o += x.length
+  }
+  all.sort()
+  return { p50: round(percentile(all, 50), 2), p99: round(percentile(all, 99), 2), p999: round(percentile(all, 99.9), 2), max: round(all[all.length - 1] ?? NaN, 2), samples: all.length }
 }
 
 /** Connections of one measurement: publishers and subscribers spread over the generator threads. */
 export class Generator {
   private constructor(
-    private readonly threads: GenThread[],
-    private readonly shared: Int32Array,
+    private readonly t: RelayThreads,
     private readonly o: GeneratorOptions
   ) {}
 
   static async start(target: Target, o: GeneratorOptions): Promise<Generator> {
-    const run = Math.random().toString(36).slice(2, 8)
-    const buffer = new SharedArrayBuffer(sharedSize(o.flows))
-    const threads: GenThread[] = []
+    const placements: Placement[] = []
     for (let w = 0; w < o.workers; w++) {
       const pubs: number[] = []
       const subs: Array<[number, number]> = []
@@ -243,77 +354,36 @@ export class Generator {
         const n = o.subscribers === 1 ? (f % o.workers === w ? 1 : 0) : Math.floor(o.subscribers / o.workers) + (w < o.subscribers % o.workers ? 1 : 0)
         if (n > 0) subs.push([f, n])
       }
-      const init: WorkerInit = {
-        worker: w,
-        host: HOST,
-        port: target.port,
-        client: o.client,
-        kind: target.kind,
-        qos: o.qos,
-        run,
-        flows: o.flows,
-        pubs,
-        subs,
-        subsPerFlow: Array.from({ length: o.flows }, () => o.subscribers),
-        shared: buffer,
-        payloadBytes: o.payloadBytes,
-        sampleCap: 2_000_000
-      }
-      threads.push(new GenThread(init))
+      placements.push({ port: target.port, pubs, subs })
     }
-    const g = new Generator(threads, new Int32Array(buffer), o)
-    try {
-      await Promise.all(threads.map((t) => settlesWithin(t.started, 30_000)))
-      await Promise.all(threads.map((t) => t.ask({ cmd: 'connect' }, 120_000)))
-    } catch (err) {
-      await g.close()
-      throw err
-    }
-    return g
-  }
-
-  private totals(): { sent: number; delivered: number } {
-    let sent = 0
-    let delivered = 0
-    for (let f = 0; f < this.o.flows; f++) {
-      sent += Atomics.load(this.shared, sentIndex(f))
-      delivered += Atomics.load(this.shared, deliveredIndex(this.o.flows, f))
-    }
-    return { sent, delivered }
+    return new Generator(await RelayThreads.start({ ...o, kind: target.kind }, placements), o)
   }
 
   async run(target: Target, r: RunOptions): Promise<RunResult> {
-    const s = this.shared
+    const s = this.t.shared
     Atomics.store(s, RUNNING, 1)
     const command: Command = r.rate > 0 ? { cmd: 'run', mode: 'rate', ratePerFlow: r.rate / this.o.flows, window: r.window } : { cmd: 'run', mode: 'window', window: r.window }
-    await Promise.all(this.threads.map((t) => t.ask(command, 10_000)))
+    await this.t.ask(command, 10_000)
     await sleep(r.warmupMs)
-    const before = { t: performance.now(), ...this.totals(), gen: process.cpuUsage(), broker: cpuMs(target.pid), machine: machineBusyMs() }
+    const before = { t: performance.now(), ...this.t.totals(), gen: process.cpuUsage(), broker: cpuMs(target.pid), machine: machineBusyMs() }
     Atomics.store(s, MEASURING, 1)
-    await Promise.all(this.threads.map((t) => t.ask({ cmd: 'mark' }, 10_000)))
+    await this.t.ask({ cmd: 'mark' }, 10_000)
     await sleep(r.durationMs)
     Atomics.store(s, MEASURING, 0)
-    const after = { t: performance.now(), ...this.totals(), gen: process.cpuUsage(before.gen), broker: cpuMs(target.pid), machine: machineBusyMs() }
+    const after = { t: performance.now(), ...this.t.totals(), gen: process.cpuUsage(before.gen), broker: cpuMs(target.pid), machine: machineBusyMs() }
     Atomics.store(s, RUNNING, 0)
-    const stops = await Promise.all(this.threads.map((t) => t.ask({ cmd: 'stop' }, 30_000)))
+    const stops = await this.t.ask({ cmd: 'stop' }, 30_000)
     const rss = memoryMiB(target.pid).rss
     // Let what is in flight arrive before the connections close (bounded).
     await waitUntil(() => {
-      const t = this.totals()
+      const t = this.t.totals()
       return t.delivered >= t.sent * this.o.subscribers
     }, 5_000, 50)
     const seconds = (after.t - before.t) / 1000
-    const all = new Float64Array(stops.reduce((n, x) => n + (x.latencies as Float64Array).length, 0))
-    let o = 0
-    for (const x of stops) {
-      all.set(x.latencies as Float64Array, o)
-      o += (x.latencies as Float64Array).length
-    }
-    all.sort()
     return {
       deliveredPerSecond: Math.round((after.delivered - before.delivered) / seconds),
       publishedPerSecond: Math.round((after.sent - before.sent) / seconds),
-      latencyMs: { p50: round(percentile(all, 50), 2), p99: round(percentile(all, 99), 2), p999: round(percentile(all, 99.9), 2), max: round(all[all.length - 1] ?? NaN, 2), samples: all.length },
+      latencyMs: latencySummary(stops),
       brokerCores: round((after.broker - before.broker) / 1000 / seconds, 2),
       generatorCores: round((after.gen.user + after.gen.system) / 1e6 / seconds, 2),
       otherCores: round(Math.max(0, (after.machine - before.machine) / 1000 / seconds - (after.broker - before.broker) / 1000 / seconds - (after.gen.user + after.gen.system) / 1e6 / seconds), 2),
@@ -324,10 +394,8 @@ export class Generator {
     }
   }
 
-  async close(): Promise<void> {
-    Atomics.store(this.shared, RUNNING, 0)
-    await Promise.all(this.threads.map((t) => t.ask({ cmd: 'close' }, 15_000).catch(() => undefined)))
-    await Promise.all(this.threads.map((t) => t.terminate()))
+  close(): Promise<void> {
+    return this.t.close()
   }
 }
 

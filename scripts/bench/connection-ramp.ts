@@ -21,19 +21,14 @@
 // Limit: this machine gives every process at most 20,000 open descriptors (a hard limit, which
 // cannot be raised here), so the broker process holds at most ~19,990 sockets: 19,000 is the ceiling.
 // Parley's memory at 100,000 (the issue's target) is a linear extrapolation, labelled as such.
-import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
-import { createConnection, createServer } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { readFileSync, readdirSync } from 'node:fs'
 import { parseArgs } from 'node:util'
-import { clockTicks, cpuMs, memoryMiB, round, scrapeMetrics, settlesWithin, sleep, startBroker, waitUntil, forkWorker, type WorkerProcess } from './_common.js'
-import { CHAT_PLUGINS, fmt, startTarget } from './_relay.js'
+import { cpuMs, memoryMiB, round, scrapeMetrics, sleep, forkWorker, type WorkerProcess } from './_common.js'
+import { CHAT_PLUGINS, HOST, fmt, machineBusyMs, startTarget } from './_relay.js'
 import type { Command, ConnectReply, StatusReply } from './_ramp-worker.js'
 
 export const description = 'connection ramp: up to 19,000 idle devices (CONNECT + SUBSCRIBE u/<user>/#) on one broker; memory per connection, connect rate; Parley vs Aedes vs Mosquitto'
 
-const HOST = '127.0.0.1'
 const TARGETS = ['parley', 'aedes', 'mosquitto'] as const
 /** Not in the default run: Parley with no plugins (Aedes plus Parley's core), to tell the plugins' share from the core's. */
 const EXTRA_TARGETS = ['parley-bare'] as const
@@ -55,81 +50,14 @@ interface Target {
 
 // ---- targets ------------------------------------------------------------------------------------
 
-function track(child: ChildProcess): Promise<void> {
-  const killOnExit = () => child.kill('SIGKILL')
-  process.once('exit', killOnExit)
-  return new Promise<void>((resolve) =>
-    child.once('exit', () => {
-      process.off('exit', killOnExit)
-      resolve()
-    })
-  )
-}
-
-async function stopChild(child: ChildProcess, exited: Promise<unknown>, graceMs = 10_000): Promise<void> {
-  if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
-  if (!(await settlesWithin(exited, graceMs))) {
-    child.kill('SIGKILL')
-    await exited
-  }
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, HOST, resolve))
-  const address = server.address()
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  if (typeof address !== 'object' || !address) throw new Error('no free port')
-  return address.port
-}
-
-const accepts = (port: number) =>
-  new Promise<boolean>((resolve) => {
-    const s = createConnection({ host: HOST, port }, () => {
-      s.destroy()
-      resolve(true)
-    })
-    s.on('error', () => resolve(false))
-  })
-
-/** Mosquitto as in _relay.ts, with no cap on connections. */
-async function startMosquitto(): Promise<Target> {
-  const dir = mkdtempSync(join(tmpdir(), 'parley-bench-mosquitto-'))
-  const port = await freePort()
-  const conf = join(dir, 'mosquitto.conf')
-  writeFileSync(conf, [`listener ${port} ${HOST}`, 'allow_anonymous true', 'persistence false', 'log_dest none', 'max_connections -1', ''].join('\n'))
-  const child = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
-  const exited = track(child).then(() => rmSync(dir, { recursive: true, force: true }))
-  const stderr: string[] = []
-  child.stderr.on('data', (d: Buffer) => stderr.length < 50 && stderr.push(d.toString()))
-  child.on('error', (err) => stderr.push(String(err)))
-  if (!(await waitUntil(() => child.exitCode === null && accepts(port), 10_000, 50)) || child.exitCode !== null) {
-    await stopChild(child, exited, 0)
-    throw new Error(`mosquitto did not start: ${stderr.join('')}`)
-  }
-  return { name: 'mosquitto', port, pid: child.pid!, stop: () => stopChild(child, exited) }
-}
-
-/** Parley as _relay.ts starts its parley-chat target (chat plugins, anonymous), keeping the ops port; or with no plugins. */
-async function startParley(name: 'parley' | 'parley-bare'): Promise<Target> {
-  const env: NodeJS.ProcessEnv = {
-    PARLEY_PLUGINS: name === 'parley' ? CHAT_PLUGINS.join(',') : '',
-    PARLEY_MQTT__ALLOW_ANONYMOUS: 'true',
-    PARLEY_LISTENERS__WS__ENABLED: 'false',
-    PARLEY_SHUTDOWN__DRAIN_MS: '0'
-  }
-  const b = await startBroker({ env, timeoutMs: 60_000 })
-  const opsPort = b.ports.ops!
-  // The stores initialise in the background: wait for /readyz.
-  await waitUntil(async () => (await fetch(`http://${HOST}:${opsPort}/readyz`).catch(() => undefined))?.status === 200, 30_000, 100)
-  return { name, port: b.ports.tcp!, pid: b.pid, opsPort, stop: () => b.stop(30_000) }
-}
-
+/**
+ * The targets of _relay.ts: `parley` is its parley-chat (chat plugins, anonymous devices), `parley-bare`
+ * its parley (no plugins); Mosquitto with no cap on connections; Parley given 30 s to stop with
+ * thousands of connections.
+ */
 async function start(name: RampTarget): Promise<Target> {
-  if (name === 'parley' || name === 'parley-bare') return startParley(name)
-  if (name === 'mosquitto') return startMosquitto()
-  const t = await startTarget('aedes')
-  return { name, port: t.port, pid: t.pid, stop: () => t.stop() }
+  const t = await startTarget(name === 'parley' ? 'parley-chat' : name === 'parley-bare' ? 'parley' : name, { mosquittoConf: ['max_connections -1'], stopGraceMs: 30_000 })
+  return { name, port: t.port, pid: t.pid, ...(t.opsPort ? { opsPort: t.opsPort } : {}), stop: () => t.stop() }
 }
 
 // ---- generator processes ------------------------------------------------------------------------
@@ -146,13 +74,6 @@ const openFds = (pid: number): number => {
   } catch {
     return NaN
   }
-}
-
-/** Busy CPU time of the whole machine so far, in ms (all cores, from /proc/stat; idle and iowait excluded). */
-function machineBusyMs(): number {
-  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
-  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = fields
-  return ((user + nice + system + irq + softirq + steal) * 1000) / clockTicks()
 }
 
 /** The kernel's count of connections dropped because a listen queue was full (machine-wide, /proc/net/netstat). */

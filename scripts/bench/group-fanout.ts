@@ -25,82 +25,19 @@
 //                         members reconnect and catch up with messages.pull (their cursors were
 //                         started before they left): every message of the offline batch must come
 //                         back, in seq order, and none may arrive as a queued copy.
-import { readFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { loadavg } from 'node:os'
-import { Worker } from 'node:worker_threads'
 import WebSocket from 'ws'
-import { clockTicks, cpuMs, intOptions, memoryMiB, round, scrapeMetrics, settlesWithin, sleep, startBroker, waitUntil, type Broker } from './_common.js'
+import { cpuMs, intOptions, memoryMiB, round, scrapeMetrics, settlesWithin, sleep, waitUntil } from './_common.js'
 import { ACKED, DELIVERED, LIMIT, MEASURING, ONLINE, RUNNING, SENT, SHARED_INTS, openDevice, userOf, type CatchUp, type Command, type WorkerInit } from './_group-fanout-worker.js'
 import type { RawClient } from './_mqtt-raw.js'
-import { CHAT_PLUGINS, HOST, fmt, limitedBy } from './_relay.js'
+import { CHAT_PLUGINS, GenThread, HOST, fmt, freePort, latencySummary, limitedBy, machineBusyMs, startTarget, type Target } from './_relay.js'
 
 export const description = 'group fan-out through the chat plugins: 1,000-member group all online (msg/s, deliveries/s, latency), then memory growth per offline member and catch-up'
 export const order = 2
 
 const log = (line: string) => process.stderr.write(`[group-fanout] ${line}\n`)
 
-// ---- generator threads ------------------------------------------------------------------------
-
-type Reply = Record<string, unknown> & { reply: string; error?: string }
-
-class GenThread {
-  private readonly worker: Worker
-  private readonly replies: Array<(r: Reply) => void> = []
-  private failure: Error | undefined
-  readonly started: Promise<void>
-
-  constructor(init: WorkerInit) {
-    // tsx's loader is registered inside the thread: worker threads do not inherit the --import.
-    const boot = `import { register } from ${JSON.stringify(import.meta.resolve('tsx/esm/api'))}; register(); await import(${JSON.stringify(new URL('./_group-fanout-worker.ts', import.meta.url).href)})`
-    this.worker = new Worker(new URL(`data:text/javascript,${encodeURIComponent(boot)}`), { workerData: init })
-    this.started = new Promise((resolve) => this.replies.push(() => resolve()))
-    this.worker.on('message', (r: Reply) => this.replies.shift()?.(r))
-    const fail = (err: Error) => {
-      this.failure = err
-      for (const r of this.replies.splice(0)) r({ reply: 'error', error: err.message })
-    }
-    this.worker.on('error', fail)
-    this.worker.on('exit', (code) => fail(new Error(`generator thread exited (${code})`)))
-  }
-
-  async ask(c: Command, timeoutMs: number): Promise<Reply> {
-    if (this.failure) throw this.failure
-    const reply = new Promise<Reply>((resolve) => this.replies.push(resolve))
-    this.worker.postMessage(c)
-    if (!(await settlesWithin(reply, timeoutMs))) throw new Error(`generator thread: no answer to ${c.cmd} within ${timeoutMs} ms`)
-    const r = await reply
-    if (r.error) throw new Error(`generator thread, ${c.cmd}: ${r.error}`)
-    return r
-  }
-
-  terminate(): Promise<number> {
-    return this.worker.terminate()
-  }
-}
-
 // ---- measuring helpers ------------------------------------------------------------------------
-
-/** Busy CPU time of the whole machine so far, in ms (all cores; idle and iowait excluded). */
-function machineBusyMs(): number {
-  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
-  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = fields
-  return ((user + nice + system + irq + softirq + steal) * 1000) / clockTicks()
-}
-
-function percentile(sorted: Float64Array, p: number): number {
-  if (sorted.length === 0) return NaN
-  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, HOST, resolve))
-  const address = server.address()
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  if (typeof address !== 'object' || !address) throw new Error('no free port')
-  return address.port
-}
 
 /** A full garbage collection in the broker, through its inspector (HeapProfiler.collectGarbage). */
 async function collectGarbage(inspectPort: number): Promise<void> {
@@ -224,25 +161,13 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
 
   // The broker as relay-p2p's parley-chat target, plus an inspector on 127.0.0.1 to force GCs.
   const inspectPort = gcForced ? await freePort() : 0
-  const previousArgs = process.env.BENCH_BROKER_NODE_ARGS
-  if (gcForced) process.env.BENCH_BROKER_NODE_ARGS = `${previousArgs ?? ''} --inspect=${HOST}:${inspectPort}`.trim()
-  let broker: Broker
-  try {
-    broker = await startBroker({
-      env: { PARLEY_PLUGINS: CHAT_PLUGINS.join(','), PARLEY_MQTT__ALLOW_ANONYMOUS: 'true', PARLEY_LISTENERS__WS__ENABLED: 'false', PARLEY_SHUTDOWN__DRAIN_MS: '0' },
-      timeoutMs: 60_000
-    })
-  } finally {
-    if (previousArgs === undefined) delete process.env.BENCH_BROKER_NODE_ARGS
-    else process.env.BENCH_BROKER_NODE_ARGS = previousArgs
-  }
-  const b = broker
-  const port = b.ports.tcp!
-  const ops = b.ports.ops!
-  const threads: GenThread[] = []
+  // startTarget waits for its /readyz.
+  const b: Target = await startTarget('parley-chat', gcForced ? { nodeArgs: [`--inspect=${HOST}:${inspectPort}`] } : {})
+  const port = b.port
+  const ops = b.opsPort!
+  const threads: Array<GenThread<Command>> = []
   let admin: RawClient | undefined
   try {
-    if (!(await waitUntil(async () => (await fetch(`http://${HOST}:${ops}/readyz`).catch(() => undefined))?.status === 200, 30_000, 100))) throw new Error('broker not ready')
     if (gcForced) {
       // The memory samples need the inspector; without it (say, its port was taken meanwhile), none is forced.
       const err = await collectGarbage(inspectPort).then(() => undefined, (e: unknown) => e as Error)
@@ -275,18 +200,21 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     const threadOf = (i: number) => i % o.workers
     for (let w = 0; w < o.workers; w++) {
       threads.push(
-        new GenThread({
-          groupFanout: true,
-          worker: w,
-          host: HOST,
-          port,
-          run,
-          group,
-          members: Array.from({ length: o.members }, (_, i) => i).filter((i) => threadOf(i) === w),
-          shared: shared.buffer,
-          payloadBytes: o.payload,
-          sampleCap: 4_000_000
-        })
+        new GenThread<Command>(
+          {
+            groupFanout: true,
+            worker: w,
+            host: HOST,
+            port,
+            run,
+            group,
+            members: Array.from({ length: o.members }, (_, i) => i).filter((i) => threadOf(i) === w),
+            shared: shared.buffer,
+            payloadBytes: o.payload,
+            sampleCap: 4_000_000
+          } satisfies WorkerInit,
+          '_group-fanout-worker.ts'
+        )
       )
     }
     await Promise.all(threads.map((t) => settlesWithin(t.started, 30_000)))
@@ -334,13 +262,6 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     const undelivered1 = await drain(10_000)
     const phase1Sent = Atomics.load(shared, SENT)
     const seconds = (after.t - before.t) / 1000
-    const all = new Float64Array(stops.reduce((n, x) => n + (x.latencies as Float64Array).length, 0))
-    let off = 0
-    for (const x of stops) {
-      all.set(x.latencies as Float64Array, off)
-      off += (x.latencies as Float64Array).length
-    }
-    all.sort()
     const brokerCores = round((after.broker - before.broker) / 1000 / seconds, 2)
     const generatorCores = round((after.gen.user + after.gen.system) / 1e6 / seconds, 2)
     const cores = { brokerCores, generatorCores, otherCores: round(Math.max(0, (after.machine - before.machine) / 1000 / seconds - brokerCores - generatorCores), 2), workerElu: stops.map((x) => round(x.elu as number, 2)) }
@@ -350,7 +271,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
       storedPerSecond: Math.round(stored / seconds),
       deliveredPerSecond: Math.round((after.delivered - before.delivered) / seconds),
       deliveriesPerMessage: Math.round(Atomics.load(shared, DELIVERED) / Math.max(1, Atomics.load(shared, SENT))),
-      latencyMs: { p50: round(percentile(all, 50), 2), p99: round(percentile(all, 99), 2), p999: round(percentile(all, 99.9), 2), max: round(all[all.length - 1] ?? NaN, 2), samples: all.length },
+      latencyMs: latencySummary(stops),
       ...cores,
       limitedBy: limitedBy(cores, 'parley-chat'),
       errors: stops.reduce((n, x) => n + (x.errors as number), 0),
@@ -482,7 +403,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     await admin?.close(5000).catch(() => undefined)
     await Promise.all(threads.map((t) => t.ask({ cmd: 'close' }, 30_000).catch(() => undefined)))
     await Promise.all(threads.map((t) => t.terminate()))
-    await b.stop(20_000)
+    await b.stop()
   }
 }
 

@@ -6,17 +6,18 @@
 // of any flows, all connected to the one port of its WorkerInit, and a publisher's window counts
 // deliveries made in any thread (shared memory). So a flow whose publisher sits in a thread on node
 // A and whose subscriber sits in a thread on node B crosses the cluster, with the same windowing and
-// latency stamps as relay-p2p. This file differs from _relay.ts's Generator only in that placement
-// (which thread, which port, which flows) is given per thread, and in measuring the CPU of several
-// processes (nodes, Redis, FerretDB) at once.
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+// latency stamps as relay-p2p. _relay.ts's RelayThreads runs them; this file differs from its
+// Generator only in that placement (which thread, which port, which flows) is given per thread, and
+// in measuring the CPU of several processes (nodes, Redis, FerretDB) at once.
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Worker } from 'node:worker_threads'
 import { startFerretDb, startRedis, type ServiceProcess } from '../services.js'
-import { clockTicks, cpuMs, memoryMiB, round, scrapeMetrics, settlesWithin, sleep, startBroker, waitUntil } from './_common.js'
-import { CHAT_PLUGINS, HOST } from './_relay.js'
-import { MEASURING, RUNNING, deliveredIndex, sentIndex, sharedSize, type Command, type TopicKind, type WorkerInit } from './_relay-shared.js'
+import { cpuMs, memoryMiB, round, scrapeMetrics, sleep, startBroker, waitUntil } from './_common.js'
+import { CHAT_PLUGINS, HOST, RelayThreads, latencySummary, machineBusyMs, measuredMaxQos1, type Placement } from './_relay.js'
+import { MEASURING, RUNNING, type TopicKind } from './_relay-shared.js'
+
+export type { Placement }
 
 const log = (line: string) => process.stderr.write(`[cluster] ${line}\n`)
 export const progress = log
@@ -181,13 +182,6 @@ export { scrapeMetrics }
 // Load generator
 
 /** One generator thread: the port it connects to, and its share of publishers and subscribers. */
-export interface Placement {
-  port: number
-  pubs: number[]
-  /** [flow, subscribers of it in this thread] */
-  subs: Array<[number, number]>
-}
-
 /** Every flow's publisher and subscriber on the same node, flows spread over `workers` threads. */
 export function sameNode(port: number, flows: number, workers: number): Placement[] {
   return Array.from({ length: workers }, (_, w) => {
@@ -243,144 +237,48 @@ export interface RunResult {
   receiptsPerSecond?: number
 }
 
-type Reply = Record<string, unknown> & { reply: string; error?: string }
-
-class GenThread {
-  private readonly worker: Worker
-  private readonly replies: Array<(r: Reply) => void> = []
-  private failure: Error | undefined
-  readonly started: Promise<void>
-
-  constructor(init: WorkerInit) {
-    // tsx's loader is registered inside the thread: worker threads do not inherit the --import.
-    const boot = `import { register } from ${JSON.stringify(import.meta.resolve('tsx/esm/api'))}; register(); await import(${JSON.stringify(new URL('./_relay-worker.ts', import.meta.url).href)})`
-    this.worker = new Worker(new URL(`data:text/javascript,${encodeURIComponent(boot)}`), { workerData: init })
-    this.started = new Promise((resolve) => this.replies.push(() => resolve()))
-    this.worker.on('message', (r: Reply) => this.replies.shift()?.(r))
-    const fail = (err: Error) => {
-      this.failure = err
-      for (const r of this.replies.splice(0)) r({ reply: 'error', error: err.message })
-    }
-    this.worker.on('error', fail)
-    this.worker.on('exit', (code) => fail(new Error(`generator thread exited (${code})`)))
-  }
-
-  async ask(c: Command, timeoutMs: number): Promise<Reply> {
-    if (this.failure) throw this.failure
-    const reply = new Promise<Reply>((resolve) => this.replies.push(resolve))
-    this.worker.postMessage(c)
-    if (!(await settlesWithin(reply, timeoutMs))) throw new Error(`generator thread: no answer to ${c.cmd} within ${timeoutMs} ms`)
-    const r = await reply
-    if (r.error) throw new Error(`generator thread, ${c.cmd}: ${r.error}`)
-    return r
-  }
-
-  terminate(): Promise<number> {
-    return this.worker.terminate()
-  }
-}
-
-function machineBusyMs(): number {
-  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
-  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = fields
-  return ((user + nice + system + irq + softirq + steal) * 1000) / clockTicks()
-}
-
-function percentile(sorted: Float64Array, p: number): number {
-  if (sorted.length === 0) return NaN
-  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!
-}
-
 export class PlacedGenerator {
   private constructor(
-    private readonly threads: GenThread[],
-    private readonly shared: Int32Array,
+    private readonly t: RelayThreads,
     private readonly o: GenOptions
   ) {}
 
   static async start(o: GenOptions): Promise<PlacedGenerator> {
-    const run = Math.random().toString(36).slice(2, 8)
-    const buffer = new SharedArrayBuffer(sharedSize(o.flows))
-    const threads = o.threads.map(
-      (p, w) =>
-        new GenThread({
-          worker: w,
-          host: HOST,
-          port: p.port,
-          client: 'raw',
-          kind: o.kind,
-          qos: o.qos,
-          run,
-          flows: o.flows,
-          pubs: p.pubs,
-          subs: p.subs,
-          subsPerFlow: Array.from({ length: o.flows }, () => 1),
-          shared: buffer,
-          payloadBytes: o.payloadBytes,
-          sampleCap: 2_000_000
-        })
-    )
-    const g = new PlacedGenerator(threads, new Int32Array(buffer), o)
-    try {
-      await Promise.all(threads.map((t) => settlesWithin(t.started, 30_000)))
-      // Every thread connects and subscribes before any publishes (publishing starts with run()).
-      await Promise.all(threads.map((t) => t.ask({ cmd: 'connect' }, 120_000)))
-    } catch (err) {
-      await g.close()
-      throw err
-    }
-    return g
-  }
-
-  private totals(): { sent: number; delivered: number } {
-    let sent = 0
-    let delivered = 0
-    for (let f = 0; f < this.o.flows; f++) {
-      sent += Atomics.load(this.shared, sentIndex(f))
-      delivered += Atomics.load(this.shared, deliveredIndex(this.o.flows, f))
-    }
-    return { sent, delivered }
+    return new PlacedGenerator(await RelayThreads.start({ ...o, client: 'raw', subscribers: 1 }, o.threads), o)
   }
 
   /** Runs the load and measures `processes` (label → pid) besides the generator itself. */
   async run(processes: Record<string, number>, r: RunOptions): Promise<RunResult> {
-    const s = this.shared
+    const s = this.t.shared
     const cpuOf = () => Object.fromEntries(Object.entries(processes).map(([k, pid]) => [k, cpuMs(pid)]))
     Atomics.store(s, RUNNING, 1)
-    await Promise.all(this.threads.map((t) => t.ask({ cmd: 'run', mode: 'window', window: r.window }, 10_000)))
+    await this.t.ask({ cmd: 'run', mode: 'window', window: r.window }, 10_000)
     await sleep(r.warmupMs)
-    const before = { t: performance.now(), ...this.totals(), gen: process.cpuUsage(), procs: cpuOf(), machine: machineBusyMs() }
+    const before = { t: performance.now(), ...this.t.totals(), gen: process.cpuUsage(), procs: cpuOf(), machine: machineBusyMs() }
     Atomics.store(s, MEASURING, 1)
-    await Promise.all(this.threads.map((t) => t.ask({ cmd: 'mark' }, 10_000)))
+    await this.t.ask({ cmd: 'mark' }, 10_000)
     const perSecond: number[] = []
     let last = before.delivered
     const seconds = Math.floor(r.durationMs / 1000)
     for (let i = 0; i < seconds; i++) {
       await sleep(1000)
-      const d = this.totals().delivered
+      const d = this.t.totals().delivered
       perSecond.push(d - last)
       last = d
     }
     await sleep(r.durationMs - seconds * 1000)
     Atomics.store(s, MEASURING, 0)
-    const after = { t: performance.now(), ...this.totals(), gen: process.cpuUsage(before.gen), procs: cpuOf(), machine: machineBusyMs() }
+    const after = { t: performance.now(), ...this.t.totals(), gen: process.cpuUsage(before.gen), procs: cpuOf(), machine: machineBusyMs() }
     Atomics.store(s, RUNNING, 0)
-    const stops = await Promise.all(this.threads.map((t) => t.ask({ cmd: 'stop' }, 30_000)))
+    const stops = await this.t.ask({ cmd: 'stop' }, 30_000)
     const rssMiB = Object.fromEntries(Object.entries(processes).map(([k, pid]) => [k, memoryMiB(pid).rss]))
     // Let what is in flight arrive before the connections close; bounded, because a slow store
     // (FerretDB) may hold hundreds of messages for seconds and nothing here is measured any more.
     await waitUntil(() => {
-      const t = this.totals()
+      const t = this.t.totals()
       return t.delivered >= t.sent
     }, 2_000, 50)
     const secs = (after.t - before.t) / 1000
-    const all = new Float64Array(stops.reduce((n, x) => n + (x.latencies as Float64Array).length, 0))
-    let o = 0
-    for (const x of stops) {
-      all.set(x.latencies as Float64Array, o)
-      o += (x.latencies as Float64Array).length
-    }
-    all.sort()
     const cores: Record<string, number> = {}
     let counted = 0
     for (const k of Object.keys(processes)) {
@@ -397,7 +295,7 @@ export class PlacedGenerator {
       deliveredPerSecond: Math.round((after.delivered - before.delivered) / secs),
       publishedPerSecond: Math.round((after.sent - before.sent) / secs),
       perSecond,
-      latencyMs: { p50: round(percentile(all, 50), 2), p99: round(percentile(all, 99), 2), p999: round(percentile(all, 99.9), 2), max: round(all[all.length - 1] ?? NaN, 2), samples: all.length },
+      latencyMs: latencySummary(stops),
       cores,
       otherCores: round(Math.max(0, (after.machine - before.machine) / 1000 / secs - counted / secs), 2),
       workerElu: stops.map((x) => round(x.elu as number, 2)),
@@ -407,10 +305,8 @@ export class PlacedGenerator {
     }
   }
 
-  async close(): Promise<void> {
-    Atomics.store(this.shared, RUNNING, 0)
-    await Promise.all(this.threads.map((t) => t.ask({ cmd: 'close' }, 15_000).catch(() => undefined)))
-    await Promise.all(this.threads.map((t) => t.terminate()))
+  close(): Promise<void> {
+    return this.t.close()
   }
 }
 
@@ -445,4 +341,48 @@ export function limitedBy(r: Pick<RunResult, 'cores' | 'otherCores' | 'workerElu
 export function ensureProfileDir(): void {
   const m = /--cpu-prof-dir=(\S+)/.exec(process.env.BENCH_BROKER_NODE_ARGS ?? '')
   if (m) mkdirSync(m[1]!, { recursive: true })
+}
+
+/** The load options cluster.ts and chat-mongo.ts share, for parseArgs (`--warmup-ms` default differs). */
+export const loadArgs = (warmupMs: number) =>
+  ({
+    pairs: { type: 'string', default: '32' },
+    window: { type: 'string', default: '16' },
+    seconds: { type: 'string', default: '4' },
+    workers: { type: 'string', default: '2' },
+    payload: { type: 'string', default: '100' },
+    'warmup-ms': { type: 'string', default: String(warmupMs) }
+  }) as const
+
+export interface LoadOptions {
+  pairs: number
+  window: number
+  seconds: number
+  workers: number
+  payload: number
+  warmupMs: number
+}
+
+/** Parses and checks the loadArgs() values; `extra` is a further condition with its message. */
+export function loadOptions(values: Record<string, string | undefined>, minPairs: number, extra: { ok: boolean; message: string } = { ok: true, message: '' }): LoadOptions {
+  const o = { pairs: Number(values.pairs), window: Number(values.window), seconds: Number(values.seconds), workers: Number(values.workers), payload: Number(values.payload), warmupMs: Number(values['warmup-ms']) }
+  if (!(o.pairs >= minPairs && o.window >= 1 && o.seconds > 0 && o.seconds <= 120 && o.workers >= 1 && o.payload >= 8 && o.warmupMs >= 0 && extra.ok)) {
+    throw new Error(`--pairs >= ${minPairs}, --window >= 1, 0 < --seconds <= 120, --workers >= 1, --payload >= 8, --warmup-ms >= 0${extra.message}`)
+  }
+  return o
+}
+
+/** The fields both scenarios' results start with: the load, the services, relay-p2p's embedded chat figure if it ran, the time taken. */
+export function resultHeader(o: LoadOptions, backends: Backends, startedAt: number): Record<string, unknown> {
+  const embedded = measuredMaxQos1.get('parley-chat')
+  return {
+    pairs: o.pairs,
+    window: o.window,
+    seconds: o.seconds,
+    workers: o.workers,
+    payloadBytes: o.payload,
+    services: backends.describe,
+    ...(embedded ? { embeddedChatFromRelayP2p: embedded } : {}),
+    totalMs: Math.round(performance.now() - startedAt)
+  }
 }

@@ -226,3 +226,29 @@ export function serveCommands<C extends { cmd: string }>(handle: (command: C) =>
     )
   })
 }
+
+/**
+ * Runs `task` over `items`, `concurrency` at a time; items not started within `timeoutMs` count as
+ * failed. Returns the number of failures and the first error.
+ */
+export async function pool<T>(items: readonly T[], concurrency: number, timeoutMs: number, task: (item: T, n: number) => Promise<void>): Promise<{ failed: number; firstError?: string }> {
+  let next = 0
+  let failed = 0
+  let firstError: string | undefined
+  const deadline = Date.now() + timeoutMs
+  await Promise.all(
+    Array.from({ length: Math.max(1, Math.min(concurrency, items.length)) }, async () => {
+      while (next < items.length && Date.now() < deadline) {
+        const n = next++
+        try {
+          await task(items[n]!, n)
+        } catch (err) {
+          failed++
+          firstError ??= (err as Error).message
+        }
+      }
+    })
+  )
+  failed += items.length - Math.min(next, items.length)
+  return { failed, ...(firstError ? { firstError } : {}) }
+}

@@ -5,7 +5,7 @@
 // them all at once. Presence events received on u/<user>/e are counted.
 import { createConnection } from 'node:net'
 import { MqttClient } from 'mqtt'
-import { serveCommands } from './_common.js'
+import { pool as poolWithin, serveCommands } from './_common.js'
 
 export type Command =
   | { cmd: 'init'; port: number; indices: number[]; devices: number; contacts: number; worker: number }
@@ -34,6 +34,8 @@ export function contactsOf(i: number, devices: number, k: number): string[] {
 }
 
 const PHASE_TIMEOUT_MS = 150_000
+/** A phase's tasks, `concurrency` at a time; what is not started within PHASE_TIMEOUT_MS counts as failed. */
+const pool = <T>(items: readonly T[], concurrency: number, task: (item: T, n: number) => Promise<void>) => poolWithin(items, concurrency, PHASE_TIMEOUT_MS, task)
 
 let port = 0
 let indices: number[] = []
@@ -67,29 +69,6 @@ function open(user: string, localAddress: string, onMessage?: (topic: string, pa
       resolve(client)
     })
   })
-}
-
-/** Runs `task` over `items`, `concurrency` at a time; returns the number of failures and the first error. */
-async function pool<T>(items: readonly T[], concurrency: number, task: (item: T, n: number) => Promise<void>): Promise<{ failed: number; firstError?: string }> {
-  let next = 0
-  let failed = 0
-  let firstError: string | undefined
-  const deadline = Date.now() + PHASE_TIMEOUT_MS
-  await Promise.all(
-    Array.from({ length: Math.max(1, Math.min(concurrency, items.length)) }, async () => {
-      while (next < items.length && Date.now() < deadline) {
-        const n = next++
-        try {
-          await task(items[n]!, n)
-        } catch (err) {
-          failed++
-          firstError ??= (err as Error).message
-        }
-      }
-    })
-  )
-  failed += items.length - Math.min(next, items.length)
-  return { failed, ...(firstError ? { firstError } : {}) }
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {

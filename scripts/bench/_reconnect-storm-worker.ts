@@ -16,7 +16,7 @@
 // several 127.x addresses: mqtt.js would cost the generator several times the CPU on the 2 cores the
 // broker also runs on.
 import { RawClient } from './_mqtt-raw.js'
-import { serveCommands } from './_common.js'
+import { pool as poolWithin, serveCommands } from './_common.js'
 
 export type Command =
   | { cmd: 'init'; port: number; indices: number[]; devices: number; partners: number; messages: number; worker: number }
@@ -43,6 +43,8 @@ export function expectedFor(i: number, n: number, k: number, m: number): Map<num
 }
 
 const PHASE_TIMEOUT_MS = 150_000
+/** A phase's tasks, `concurrency` at a time; what is not started within PHASE_TIMEOUT_MS counts as failed. */
+const pool = <T>(items: readonly T[], concurrency: number, task: (item: T, n: number) => Promise<void>) => poolWithin(items, concurrency, PHASE_TIMEOUT_MS, task)
 const RPC_TIMEOUT_MS = 60_000
 
 // ---- a device: its connection (_mqtt-raw.ts) and what arrived live on it ----------------------
@@ -78,29 +80,6 @@ const setupPhones = new Map<number, Device>()
 
 /** Source address of the n-th connection of a phase: 8 per process and phase, in 127.<base+worker>.x. */
 const source = (base: number, n: number) => `127.0.${base + worker}.${1 + (n % 8)}`
-
-/** Runs `task` over `items`, `concurrency` at a time; returns the number of failures and the first error. */
-async function pool<T>(items: readonly T[], concurrency: number, task: (item: T, n: number) => Promise<void>): Promise<{ failed: number; firstError?: string }> {
-  let next = 0
-  let failed = 0
-  let firstError: string | undefined
-  const deadline = Date.now() + PHASE_TIMEOUT_MS
-  await Promise.all(
-    Array.from({ length: Math.max(1, Math.min(concurrency, items.length)) }, async () => {
-      while (next < items.length && Date.now() < deadline) {
-        const n = next++
-        try {
-          await task(items[n]!, n)
-        } catch (err) {
-          failed++
-          firstError ??= (err as Error).message
-        }
-      }
-    })
-  )
-  failed += items.length - Math.min(next, items.length)
-  return { failed, ...(firstError ? { firstError } : {}) }
-}
 
 interface Envelope {
   id: string

@@ -12,8 +12,8 @@
 import { cpus } from 'node:os'
 import { parseArgs } from 'node:util'
 import { round } from './_common.js'
-import { ensureProfileDir, histogramMean, limitedBy, measure, progress, sameNode, startBackends, withNodes, type RunResult } from './_cluster-gen.js'
-import { fmt, measuredMaxQos1 } from './_relay.js'
+import { ensureProfileDir, histogramMean, limitedBy, loadArgs, loadOptions, measure, progress, resultHeader, sameNode, startBackends, withNodes, type RunResult } from './_cluster-gen.js'
+import { fmt } from './_relay.js'
 
 export const description = 'stored 1->1 chat on FerretDB (MongoDB wire protocol) + Redis: msg/s, p50/p99 and the effect of batching (batchWindowMs, maxBatch)'
 /** After relay-p2p, whose parley-chat figure (embedded store) it is compared with. */
@@ -36,12 +36,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     args,
     options: {
       batching: { type: 'string', default: '0/256,2/256,5/256,2/16,2/1' },
-      pairs: { type: 'string', default: '32' },
-      window: { type: 'string', default: '16' },
-      seconds: { type: 'string', default: '4' },
-      workers: { type: 'string', default: '2' },
-      payload: { type: 'string', default: '100' },
-      'warmup-ms': { type: 'string', default: '2000' }
+      ...loadArgs(2000)
     }
   })
   const settings = values.batching.split(',').map((s) => {
@@ -49,15 +44,8 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     if (!(Number.isInteger(w) && w! >= 0 && w! <= 1000 && Number.isInteger(b) && b! >= 1 && b! <= 5000)) throw new Error(`--batching: ${s} is not <batchWindowMs 0-1000>/<maxBatch 1-5000>`)
     return { batchWindowMs: w!, maxBatch: b! }
   })
-  const pairs = Number(values.pairs)
-  const window = Number(values.window)
-  const seconds = Number(values.seconds)
-  const workers = Number(values.workers)
-  const payload = Number(values.payload)
-  const warmupMs = Number(values['warmup-ms'])
-  if (!(pairs >= 1 && window >= 1 && seconds > 0 && seconds <= 120 && workers >= 1 && payload >= 8 && warmupMs >= 0)) {
-    throw new Error('--pairs >= 1, --window >= 1, 0 < --seconds <= 120, --workers >= 1, --payload >= 8, --warmup-ms >= 0')
-  }
+  const load = loadOptions(values, 1)
+  const { pairs, window, seconds, workers, payload, warmupMs } = load
   ensureProfileDir()
 
   const started = performance.now()
@@ -86,18 +74,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
   } finally {
     await backends.stop()
   }
-  const embedded = measuredMaxQos1.get('parley-chat')
-  return {
-    pairs,
-    window,
-    seconds,
-    workers,
-    payloadBytes: payload,
-    services: backends.describe,
-    ...(embedded ? { embeddedChatFromRelayP2p: embedded } : {}),
-    totalMs: Math.round(performance.now() - started),
-    rows
-  }
+  return { ...resultHeader(load, backends, started), rows }
 }
 
 export function markdown(result: Record<string, unknown>): string {

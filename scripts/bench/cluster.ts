@@ -14,8 +14,8 @@
 import { cpus } from 'node:os'
 import { parseArgs } from 'node:util'
 import { round } from './_common.js'
-import { crossNodes, ensureProfileDir, histogramMean, limitedBy, measure, progress, sameNode, startBackends, withNodes, type Backends, type Node, type NodeOptions, type RunResult } from './_cluster-gen.js'
-import { fmt, measuredMaxQos1 } from './_relay.js'
+import { crossNodes, ensureProfileDir, histogramMean, limitedBy, loadArgs, loadOptions, measure, progress, resultHeader, sameNode, startBackends, withNodes, type Backends, type Node, type NodeOptions, type RunResult } from './_cluster-gen.js'
+import { fmt } from './_relay.js'
 
 export const description = 'cluster over Redis: relay QoS 1/0 on one in-memory node, one node on Redis, two nodes cross-node; stored chat across two nodes (Redis + FerretDB)'
 /** After relay-p2p, whose parley-chat figure the chat row is compared with. */
@@ -45,27 +45,15 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     args,
     options: {
       rows: { type: 'string', default: ROWS.join(',') },
-      pairs: { type: 'string', default: '32' },
-      window: { type: 'string', default: '16' },
-      seconds: { type: 'string', default: '4' },
       qos: { type: 'string', default: '1,0' },
-      workers: { type: 'string', default: '2' },
-      payload: { type: 'string', default: '100' },
-      'warmup-ms': { type: 'string', default: '1000' }
+      ...loadArgs(1000)
     }
   })
   const rows = values.rows.split(',') as RowName[]
   for (const r of rows) if (!ROWS.includes(r)) throw new Error(`--rows: ${r} is not one of ${ROWS.join(', ')}`)
-  const pairs = Number(values.pairs)
-  const window = Number(values.window)
-  const seconds = Number(values.seconds)
-  const workers = Number(values.workers)
-  const payload = Number(values.payload)
-  const warmupMs = Number(values['warmup-ms'])
   const qosList = values.qos.split(',').map(Number) as Array<0 | 1>
-  if (!(pairs >= 2 && window >= 1 && seconds > 0 && seconds <= 120 && workers >= 1 && payload >= 8 && warmupMs >= 0 && qosList.every((q) => q === 0 || q === 1))) {
-    throw new Error('--pairs >= 2, --window >= 1, 0 < --seconds <= 120, --workers >= 1, --payload >= 8, --warmup-ms >= 0, --qos of 0 and 1')
-  }
+  const load = loadOptions(values, 2, { ok: qosList.every((q) => q === 0 || q === 1), message: ', --qos of 0 and 1' })
+  const { pairs, window, seconds, workers, payload, warmupMs } = load
   ensureProfileDir()
 
   const started = performance.now()
@@ -110,19 +98,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     const mem = out.find((y) => y.row === 'memory' && y.qos === x.qos)
     if (mem && x.row !== 'memory' && x.row !== 'chat-cross') x.vsMemory = round(x.deliveredPerSecond / mem.deliveredPerSecond, 2)
   }
-  const embeddedChat = measuredMaxQos1.get('parley-chat')
-  return {
-    pairs,
-    window,
-    seconds,
-    workers,
-    payloadBytes: payload,
-    services: backends.describe,
-    ...(embeddedChat ? { embeddedChatFromRelayP2p: embeddedChat } : {}),
-    totalMs: Math.round(performance.now() - started),
-    timingsMs: timings,
-    rows: out
-  }
+  return { ...resultHeader(load, backends, started), timingsMs: timings, rows: out }
 }
 
 export function markdown(result: Record<string, unknown>): string {

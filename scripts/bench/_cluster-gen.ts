@@ -233,7 +233,7 @@ export interface RunResult {
   workerElu: number[]
   rssMiB: Record<string, number>
   errors: number
-  /** Chat: delivered receipts the senders received per second, when the generator threads count them. */
+  /** Chat: messages per second the senders got delivered receipts for, when the generator threads count them. */
   receiptsPerSecond?: number
 }
 

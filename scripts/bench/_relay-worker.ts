@@ -47,7 +47,7 @@ const publishers = new Map<number, Conn>()
 const subscribers: Conn[] = []
 const samples = new Float64Array(init.sampleCap)
 let sampleCount = 0
-/** Delivered receipts chat senders received while measuring. */
+/** Messages chat senders got delivered receipts for while measuring. */
 let receipts = 0
 let errors = 0
 let lastError = ''
@@ -126,8 +126,16 @@ async function connectAll(): Promise<void> {
     jobs.push(async () => {
       // A chat sender listens to its own tree as an app does: carbons of its sends and the
       // recipient's delivered receipts (u/<sender>/r).
-      const onOwnTree = (topic: string) => {
-        if (topic.endsWith('/r') && Atomics.load(shared, MEASURING)) receipts++
+      // A receipt says "delivered up to seq N" and the broker coalesces a burst into one, so what
+      // counts is how far N moved: the messages receipted.
+      let upTo = 0
+      const onOwnTree = (topic: string, p: Buffer) => {
+        if (!topic.endsWith('/r')) return
+        const n = (JSON.parse(p.toString()) as { upToSeq?: number }).upToSeq ?? 0
+        if (n > upTo) {
+          if (Atomics.load(shared, MEASURING)) receipts += n - upTo
+          upTo = n
+        }
       }
       const c = await open(init, id, onOwnTree, () => mode?.mode === 'window' && pump(f))
       if (init.kind === 'chat') await c.subscribe(`u/${chatUsers(init.run, f).from}/#`, 1)

@@ -179,7 +179,7 @@ export interface RunResult {
   workerElu: number[]
   brokerRssMiB: number
   errors: number
-  /** Chat only: delivered receipts the senders received per second (one per message when all keep up). */
+  /** Chat only: messages per second the senders got delivered receipts for (receipts coalesce: one says "up to seq N"). */
   receiptsPerSecond?: number
 }
 

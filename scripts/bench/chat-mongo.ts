@@ -83,7 +83,7 @@ export function markdown(result: Record<string, unknown>): string {
   return [
     `One node with the chat plugins (anonymous devices) on FerretDB (mongo.url) and Redis (REDIS_URL), ${r.pairs} sender/recipient pairs, QoS 1, ${r.payloadBytes}-byte bodies, a window of ${r.window} undelivered messages per pair, ${r.seconds} s measured per row, a fresh database and node per row; generator ${r.workers} threads (raw client). Services: ${r.services.join('; ')}. Whole scenario: ${round(r.totalMs / 1000, 0)} s.`,
     '',
-    '| batchWindowMs / maxBatch | Stored + delivered msg/s | Per second | Receipts/s | p50 / p99 ms | Mean batch | Mean append ms | Cores (during the window) | Limited by |',
+    '| batchWindowMs / maxBatch | Stored + delivered msg/s | Per second | Receipted msg/s | p50 / p99 ms | Mean batch | Mean append ms | Cores (during the window) | Limited by |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...r.rows.map(
       (x) =>

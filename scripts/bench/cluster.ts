@@ -127,7 +127,7 @@ export function markdown(result: Record<string, unknown>): string {
     '| --- | --- | --- | --- | --- | --- | --- |',
     ...r.rows.map(
       (x) =>
-        `| ${SETUP[x.row]} | ${x.qos} | ${fmt(x.deliveredPerSecond)} | ${x.vsMemory !== undefined ? `${x.vsMemory}x` : '—'} | ${x.latencyMs.p50} / ${x.latencyMs.p99} | ${cores(x)} | ${x.limitedBy}${x.meanBatch !== undefined ? `; mean store batch ${x.meanBatch}` : ''}${x.receiptsPerSecond !== undefined ? `; ${fmt(x.receiptsPerSecond)} delivered receipts/s to senders` : ''}${x.errors ? `; ${x.errors} errors` : ''} |`
+        `| ${SETUP[x.row]} | ${x.qos} | ${fmt(x.deliveredPerSecond)} | ${x.vsMemory !== undefined ? `${x.vsMemory}x` : '—'} | ${x.latencyMs.p50} / ${x.latencyMs.p99} | ${cores(x)} | ${x.limitedBy}${x.meanBatch !== undefined ? `; mean store batch ${x.meanBatch}` : ''}${x.receiptsPerSecond !== undefined ? `; ${fmt(x.receiptsPerSecond)} messages/s receipted to senders` : ''}${x.errors ? `; ${x.errors} errors` : ''} |`
     ),
     '',
     'What limits these numbers: on Redis every message leaves its node as a Redis PUBLISH (mqemitter-redis: msgpack-encoded, one socket write per message) and comes back through the subscription, to be decoded and delivered, even when publisher and subscriber share the node; the relay subscribers here have clean sessions, so aedes-persistence-redis stores nothing per message. A node on Redis thus spends two to three times the CPU per message of an in-memory node. Two nodes add a second event loop but not cores: both nodes, Redis and the generator share the 2 cores, so cross-node throughput is bounded by the machine, not by one node.' +

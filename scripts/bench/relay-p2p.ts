@@ -38,7 +38,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
         try {
           const r = await gen.run(t, { window, rate: 0, warmupMs: common.warmupMs, durationMs: seconds * 1000 })
           rows.push({ target, qos, ...r, limitedBy: limitedBy(r, target) })
-          progress(`${target} QoS ${qos}: ${fmt(r.deliveredPerSecond)} msg/s${r.receiptsPerSecond !== undefined ? ` (${fmt(r.receiptsPerSecond)} receipts/s)` : ''}, p50 ${r.latencyMs.p50} ms, broker ${r.brokerCores} cores, generator ${r.generatorCores} cores (ELU ${r.workerElu.join(', ')})`)
+          progress(`${target} QoS ${qos}: ${fmt(r.deliveredPerSecond)} msg/s${r.receiptsPerSecond !== undefined ? ` (${fmt(r.receiptsPerSecond)} receipted/s)` : ''}, p50 ${r.latencyMs.p50} ms, broker ${r.brokerCores} cores, generator ${r.generatorCores} cores (ELU ${r.workerElu.join(', ')})`)
           if (qos === 1) measuredMaxQos1.set(target, r.deliveredPerSecond)
         } finally {
           await gen.close()
@@ -59,9 +59,9 @@ export function markdown(result: Record<string, unknown>): string {
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...r.rows.map(
       (x) =>
-        `| ${x.target} | ${x.qos} | ${fmt(x.deliveredPerSecond)}${x.receiptsPerSecond !== undefined ? ` (${fmt(x.receiptsPerSecond)} receipts/s)` : ''} | ${x.vsAedes !== undefined ? `${x.vsAedes}x` : '—'} | ${x.vsMosquitto !== undefined ? `${x.vsMosquitto}x` : '—'} | ${x.latencyMs.p50} / ${x.latencyMs.p99} | ${x.brokerCores} | ${x.generatorCores} (${x.workerElu.join(', ')}) | ${x.otherCores} | ${x.limitedBy}${x.errors ? `; ${x.errors} errors` : ''} |`
+        `| ${x.target} | ${x.qos} | ${fmt(x.deliveredPerSecond)}${x.receiptsPerSecond !== undefined ? ` (${fmt(x.receiptsPerSecond)} receipted/s)` : ''} | ${x.vsAedes !== undefined ? `${x.vsAedes}x` : '—'} | ${x.vsMosquitto !== undefined ? `${x.vsMosquitto}x` : '—'} | ${x.latencyMs.p50} / ${x.latencyMs.p99} | ${x.brokerCores} | ${x.generatorCores} (${x.workerElu.join(', ')}) | ${x.otherCores} | ${x.limitedBy}${x.errors ? `; ${x.errors} errors` : ''} |`
     ),
     '',
-    'Latency here is under saturation (a full window in flight): it is queueing, not the relay\'s latency; see relay-latency. `parley-chat` is stored one-to-one chat, not a relay: each message is stored (SQLite) before its PUBACK, goes to the recipient (a persistent session, as a phone keeps) and as a carbon to the sender, and the recipient\'s PUBACK moves its delivered marker and sends the sender a delivered receipt (counted in brackets). Its ratios are the issue\'s chat targets (>= 0.7x Aedes QoS 1 and >= Mosquitto QoS 1).'
+    'Latency here is under saturation (a full window in flight): it is queueing, not the relay\'s latency; see relay-latency. `parley-chat` is stored one-to-one chat, not a relay: each message is stored (SQLite) before its PUBACK, goes to the recipient (a persistent session, as a phone keeps) and as a carbon to the sender, and the recipient\'s PUBACKs move its delivered marker and send the sender a delivered receipt "up to seq N" (the acknowledgements of one event-loop turn share one receipt; in brackets, the messages per second the senders saw receipted). Its ratios are the issue\'s chat targets (>= 0.7x Aedes QoS 1 and >= Mosquitto QoS 1).'
   ].join('\n')
 }

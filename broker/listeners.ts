@@ -85,11 +85,11 @@ function closer(server: NetServer | HttpServer, sockets: Set<Socket>): Pick<Mqtt
 }
 
 async function startTcp(config: Config, handle: Handle): Promise<MqttListener> {
-  const { host, port } = config.listeners.tcp
-  // No Nagle: an answer written just after a PUBACK would otherwise wait for the client's delayed
-  // ACK of that PUBACK (~40 ms per RPC round trip, measured by the reconnect-storm benchmark).
-  // EMQX and VerneMQ also default to nodelay. (http.createServer, under WebSocket, already does.)
-  const server = createNetServer({ noDelay: true }, (socket) => handle(socket))
+  const { host, port, noDelay } = config.listeners.tcp
+  // No Nagle by default: an answer written just after a PUBACK would otherwise wait for the
+  // client's delayed ACK of that PUBACK (~40 ms per RPC round trip, measured by the reconnect-storm
+  // benchmark). EMQX and VerneMQ also default to nodelay. (http.createServer, under WebSocket, does.)
+  const server = createNetServer({ noDelay }, (socket) => handle(socket))
   const sockets = trackSockets(server)
   const addr = await listen(server, host, port)
   return { name: 'tcp', host, port: addr.port, ...closer(server, sockets) }
@@ -100,7 +100,7 @@ async function startTls(config: Config, handle: Handle): Promise<MqttListener> {
   const server = createTlsServer(tlsOptions(l), (socket) => handle(socket))
   const sockets = new Set<Socket>()
   server.on('secureConnection', (socket: Socket) => {
-    socket.setNoDelay(true) // as on the TCP listener
+    socket.setNoDelay(l.noDelay) // as on the TCP listener
     sockets.add(socket)
     socket.once('close', () => sockets.delete(socket))
   })

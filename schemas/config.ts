@@ -44,7 +44,10 @@ const tcpListener = z
   .object({
     enabled: flag.default(true).describe('Accept MQTT over plain TCP'),
     host: host.default('0.0.0.0').describe('Address to bind'),
-    port: port.default(1883).describe('TCP port')
+    port: port.default(1883).describe('TCP port'),
+    noDelay: flag
+      .default(true)
+      .describe('TCP_NODELAY: write small packets at once (an RPC answer right after a PUBACK otherwise waits ~40 ms for the client\'s delayed ACK); false lets the kernel coalesce them (Nagle): ~15% more relay throughput when saturated (docs/benchmarks.md), worse latency')
   })
   .strict()
 
@@ -53,6 +56,7 @@ const tlsListener = z
     enabled: flag.optional().describe('Accept MQTT over TLS; defaults to on when certFile and keyFile are set'),
     host: host.default('0.0.0.0').describe('Address to bind'),
     port: port.default(8883).describe('TLS port'),
+    noDelay: flag.default(true).describe('TCP_NODELAY, as listeners.tcp.noDelay'),
     ...tlsFiles.shape
   })
   .strict()

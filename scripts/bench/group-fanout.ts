@@ -80,7 +80,7 @@ interface Memory {
 
 const MiB = 2 ** 20
 /** Broker counters Aedes remembers per client (patches/aedes+1.2.0.patch, lib/client.js dedupe). */
-const DEDUPE_WINDOW = 256
+const DEDUPE_WINDOW = 64
 
 // ---- the scenario -----------------------------------------------------------------------------
 
@@ -292,9 +292,9 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
       if (!done) throw new Error(`phase 2 (${tag}): only ${Atomics.load(shared, SENT)} of ${count} sent in 120 s`)
       return undelivered
     }
-    // Aedes (as patched by Parley) remembers the last 256 broker counters delivered to each client
-    // to drop duplicates: a Set per connected client that grows to about 10 KiB over its first 257
-    // deliveries, then stays. Fill it before the baseline, or the baseline would count it.
+    // Aedes (as patched by Parley) remembers the last 64 broker counters delivered to each client
+    // to drop duplicates (a 512-byte ring per client, allocated at its first delivery). Fill it
+    // before the baseline anyway, so the baseline counts no per-client state still being made.
     const fill = Math.max(0, DEDUPE_WINDOW + 44 - phase1Sent)
     if (fill) {
       log(`phase 2: ${fill} messages first, so that every client has had more than ${DEDUPE_WINDOW} deliveries (Aedes' dedupe window)`)
@@ -439,6 +439,6 @@ export function markdown(result: Record<string, unknown>): string {
     '| --- | --- | --- | --- |',
     `| ${cu.checked} | ${cu.complete} of ${cu.checked} (${Object.keys(cu.methods).join(', ')}) | ${cu.queuedCopies} | ${cu.rpcs} |`,
     '',
-    `One byte per offline member per message is ${r.phase2.mibPerByte} MiB here. Aedes' in-memory offline queue costs about 140 bytes per queued packet, measured the same way (a plain topic with 1,000 persistent QoS 1 subscribers, 900 of them offline), so a broker queueing group messages per offline session would show that much; what is left here is the noise of the samples (the heap after a GC; RSS also moves with the allocator returning pages, SQLite's cache and socket buffers). The offline members reconnect with their persistent sessions and catch up with \`messages.pull\`, their cursors started before they left. Offline members still cost CPU: each message is one publish per member, online or not (docs/groups.md). The broker fans out on its one event loop: for each message it stores once, reads the group's member list from SQLite, looks up push registrations for every recipient, and makes one Aedes publish, so one socket write, per member; the generator, reading every delivery, shares the same 2 cores. Latency counts from the send to each member's copy: the last of ${fmt(r.members)} members gets it ${fmt(r.members - 1)} socket writes after the first, behind the other messages of the window.${r.dedupeFill ? ` Before the all-online batch, ${fmt(r.dedupeFill)} more messages were sent so that` : ' Before the all-online batch'} every client had more than 256 deliveries: Aedes' duplicate check (as patched by Parley) keeps the last 256 broker counters per connected client, about 10 KiB each, per connection and bounded, not per message.`
+    `One byte per offline member per message is ${r.phase2.mibPerByte} MiB here. Aedes' in-memory offline queue costs about 140 bytes per queued packet, measured the same way (a plain topic with 1,000 persistent QoS 1 subscribers, 900 of them offline), so a broker queueing group messages per offline session would show that much; what is left here is the noise of the samples (the heap after a GC; RSS also moves with the allocator returning pages, SQLite's cache and socket buffers). The offline members reconnect with their persistent sessions and catch up with \`messages.pull\`, their cursors started before they left. Offline members still cost CPU: each message is one publish per member, online or not (docs/groups.md). The broker fans out on its one event loop: for each message it stores once, takes the group's member list (cached, groups.memberListCacheMs), looks up push registrations of all recipients in one query, and makes one Aedes publish, so one socket write, per member; the generator, reading every delivery, shares the same 2 cores. Latency counts from the send to each member's copy: the last of ${fmt(r.members)} members gets it ${fmt(r.members - 1)} socket writes after the first, behind the other messages of the window.${r.dedupeFill ? ` Before the all-online batch, ${fmt(r.dedupeFill)} more messages were sent so that` : ' Before the all-online batch'} every client had more than ${DEDUPE_WINDOW} deliveries: Aedes' duplicate check (as patched by Parley) keeps the last ${DEDUPE_WINDOW} broker counters per connected client in a 512-byte ring, per connection and bounded, not per message.`
   ].join('\n')
 }

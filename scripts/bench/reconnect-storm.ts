@@ -218,8 +218,6 @@ export function markdown(r: Record<string, unknown>): string {
   // A round trip far above the broker's own time with an idle-ish loop: the Nagle + delayed ACK stall.
   const stalled = s.pullLatencyMs.p50 >= 35 && pullMean < 5
   return [
-    '## reconnect-storm',
-    '',
     `${n(r.devices)} phones, one per user (user i talks one-to-one with i+1..i+${String(r.partners)}: ${String(r.conversationsPerUser)} conversations each), ` +
       `each with a server-kept cursor from an earlier messages.pull; then every user sent ${String(r.messagesPerUser)} messages to its partners in turn ` +
       `(${r.senders === 'phones' ? 'from its phone, before it disconnected' : 'from a second device, the phones offline'}; no phone was subscribed, so nothing was delivered live: it all waits in the store). ` +

@@ -245,3 +245,52 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     log(`stopped in ${Date.now() - cleanup} ms`)
   }
 }
+
+interface StormResult {
+  wallMs: number
+  presenceComplete: boolean
+  brokerCpuMs: number
+  presenceChanges: number
+  presenceEvents: number
+  eventsReceived: number
+  failed: number
+  connectsPerSecond?: number
+  latencyMs?: Array<{ p50: number; p99: number }>
+  presenceDoneMs?: number
+  offlineDoneMs?: number
+  brokerRssMiB?: { before: number; after: number }
+}
+
+export function markdown(result: Record<string, unknown>): string {
+  const r = result as {
+    devices: number
+    contacts: number
+    workers: number
+    inflight: number
+    presence: boolean
+    audienceCache: string
+    graceMs: number
+    batchMs: number
+    connectStorm: StormResult
+    disconnectStorm?: StormResult
+    brokerPeakRssMiB: number
+  }
+  const fmt = (n: number) => n.toLocaleString('en-US')
+  const p = (s: StormResult, n: number) => round(s.brokerCpuMs / n, 3)
+  const c = r.connectStorm
+  const d = r.disconnectStorm
+  const p50 = c.latencyMs?.length ? Math.max(...c.latencyMs.map((l) => l.p50)) : NaN
+  const p99 = c.latencyMs?.length ? Math.max(...c.latencyMs.map((l) => l.p99)) : NaN
+  return [
+    `${fmt(r.devices)} devices, each the only device of a user with ${r.contacts} mutual contacts, connect within seconds (${r.workers} generator processes, ${r.inflight} CONNECTs pending each; the audience cache ${r.audienceCache}), then all disconnect; presence ${r.presence ? `on (batched every ${r.batchMs} ms, offline after a ${r.graceMs} ms grace)` : 'off'}. Broker: \`parley start\` with protocol, groups, messages and presence on the embedded stores.`,
+    '',
+    '| Storm | Wall time ms | Connects/s | Connect p50 / p99 ms (slowest process) | Presence done ms | Broker CPU ms per device | Presence changes | Events published | Events received | Failed | Broker RSS MiB |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    `| connect | ${fmt(c.wallMs)} | ${c.connectsPerSecond !== undefined ? fmt(c.connectsPerSecond) : '—'} | ${p50} / ${p99} | ${c.presenceDoneMs !== undefined ? fmt(c.presenceDoneMs) : '—'}${c.presenceComplete ? '' : ' (incomplete)'} | ${p(c, r.devices)} | ${fmt(c.presenceChanges)} | ${fmt(c.presenceEvents)} | ${fmt(c.eventsReceived)} | ${c.failed} | ${c.brokerRssMiB ? `${c.brokerRssMiB.before} → ${c.brokerRssMiB.after}` : '—'} (peak ${r.brokerPeakRssMiB}) |`,
+    ...(d
+      ? [`| disconnect | ${fmt(d.wallMs)} | — | — | ${d.offlineDoneMs !== undefined ? fmt(d.offlineDoneMs) : '—'}${d.presenceComplete ? '' : ' (incomplete)'} | ${p(d, r.devices)} | ${fmt(d.presenceChanges)} | ${fmt(d.presenceEvents)} | ${fmt(d.eventsReceived)} | ${d.failed} | — |`]
+      : []),
+    '',
+    `Presence work stays proportional to the contacts: one change per device and ${r.contacts} events per change (one per contact). Events received are fewer than published: a contact that is not yet connected when its friend comes online gets nothing (presence events are QoS 0, not queued), and after the disconnect storm nobody is left to receive. What limits this number: the broker's one event loop (each connect also runs the chat plugins' connect work), on 2 cores shared with the generator processes.`
+  ].join('\n')
+}

@@ -44,7 +44,7 @@ export class Receipts {
     private readonly store: () => Promise<MessageStore>,
     private readonly state: () => Promise<StateStore>,
     private readonly groups: GroupsApi,
-    private readonly settings: { batchMs: number; maxRange: number; systemUser: string; metrics: ReceiptMetrics }
+    private readonly settings: { batchMs: number; moveBatchMs: number; maxRange: number; systemUser: string; metrics: ReceiptMetrics }
   ) {}
 
   /** Moves waiting for the next write, one per marker, user and conversation (see move()). */
@@ -54,7 +54,7 @@ export class Receipts {
   /**
    * Moves `user`'s marker in a conversation (clamped to its last message) and tells whoever must
    * know. Resolves once the marker is stored; the caller's PUBACK then means "recorded".
-   * Moves asked for while a write is under way (or in the same turn of the event loop) are
+   * Moves asked for while a write is under way, or within `moveBatchMs` of the first, are
    * coalesced: a recipient acknowledging a burst of N messages costs one marker write and one
    * receipt "delivered up to the last", not N of each. Receipts carry upToSeq, so nothing is lost.
    * `clamp` false: `wanted` is the seq of a stored message (a PUBACK of an envelope this server
@@ -74,7 +74,7 @@ export class Receipts {
   }
 
   private async flushMoves(): Promise<void> {
-    await new Promise((r) => setImmediate(r)) // let the rest of this turn's acknowledgements join
+    await new Promise((r) => setTimeout(r, this.settings.moveBatchMs)) // let the acknowledgements of the next few ms join
     try {
       while (this.moving.size) {
         const batch = [...this.moving.values()]

@@ -36,6 +36,7 @@ async function setup(lastSeq: number) {
   const counted: string[] = []
   const receipts = new Receipts(ctx, async () => store, async () => state, {} as GroupsApi, {
     batchMs: 1000,
+    moveBatchMs: 5,
     maxRange: 100,
     systemUser: 'parley',
     metrics: { markersMoved: { inc: (l) => counted.push(`${l.marker}:${l.kind}`) }, receiptsSent: { inc: (l) => counted.push(`receipt:${l.kind}`) } }

@@ -1,8 +1,8 @@
 // `npm test` after lint and type-check: starts the real services (scripts/services.ts),
-// then runs every *.test.ts under test/ and plugins/ with Node's test runner.
-//   --unit   only the tests that need no services (test/unit and plugins' unit tests)
+// then runs every *.test.ts under test/, plugins/ and sdk/ with Node's test runner.
+//   --unit   only the tests that need no services (test/unit, plugins' and the SDK's unit tests)
 import { spawn } from 'node:child_process'
-import { readdirSync } from 'node:fs'
+import { existsSync, readdirSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { startServices, type RunningServices } from './services.js'
 
@@ -17,8 +17,8 @@ function testFiles(dir: string): string[] {
     .sort()
 }
 
-const all = [...testFiles('test'), ...testFiles('plugins')]
-const files = unitOnly ? all.filter((f) => f.startsWith('test/unit/') || /plugins\/[^/]+\/test\/unit\//.test(f)) : all
+const all = [...testFiles('test'), ...testFiles('plugins'), ...(existsSync(join(root, 'sdk')) ? testFiles('sdk') : [])]
+const files = unitOnly ? all.filter((f) => f.startsWith('test/unit/') || f.startsWith('sdk/test/unit/') || /plugins\/[^/]+\/test\/unit\//.test(f)) : all
 
 let services: RunningServices | undefined
 if (!unitOnly) {

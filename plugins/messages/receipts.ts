@@ -11,6 +11,7 @@
 import type { PluginContext } from '../../broker/plugin-api.js'
 import { DOWN, type ConversationRef, type Event, type Receipt } from '../../schemas/protocol.js'
 import type { GroupsApi } from '../groups/index.js'
+import { mapLimited } from './pull.js'
 import type { Marker, Moved, StateStore } from './state-store.js'
 import type { ConversationKey, MessageStore, StoredMessage } from './store.js'
 
@@ -96,7 +97,7 @@ export class Receipts {
     const [s, st] = [await this.store(), await this.state()]
     // On MongoDB a lastSeq is a query per conversation: only markers sent by devices need it.
     const keys = [...new Set(batch.filter((m) => m.clamp).map((m) => m.key))]
-    const last = new Map(await Promise.all(keys.map(async (k) => [k, await s.lastSeq(k)] as const)))
+    const last = new Map(await mapLimited(keys, 8, async (k) => [k, await s.lastSeq(k)] as const))
     const results = await st.advanceMany(batch.map((m) => ({ user: m.user, conversation: m.key, marker: m.marker, seq: m.clamp ? Math.min(m.wanted, last.get(m.key)!) : m.wanted })))
     await Promise.all(batch.map((m, i) => this.tell(st, m, results[i]!)))
     return results

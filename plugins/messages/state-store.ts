@@ -9,6 +9,7 @@
 import type Database from 'better-sqlite3'
 import type { Collection, Db } from 'mongodb'
 import { SqliteBacked, upsertRetrying } from '../shared/stores.js'
+import { mapLimited } from './pull.js'
 import type { ConversationKey } from './store.js'
 
 export interface ConversationState {
@@ -82,6 +83,9 @@ const fromRow = (r: Row): ConversationState => ({
   deliveredSeq: Math.max(r.delivered_seq, r.read_seq),
   ts: r.ts
 })
+
+/** Marker updates one MongoDB advanceMany runs at once. */
+const ADVANCE_CONCURRENCY = 4
 
 /** The cursor row that records a device as syncing (no conversation has an empty key). */
 const DEVICE_ROW = ''
@@ -279,9 +283,13 @@ export class MongoStateStore implements StateStore {
     return { before, after: Math.max(before, seq) }
   }
 
-  /** One findOneAndUpdate per move (the pool bounds how many run at once). */
+  /**
+   * One findOneAndUpdate per move, a few at a time: a batch of hundreds at once would take the whole
+   * connection pool, queueing the node's message reads (syncs) behind it, and FerretDB deadlocks
+   * near 100 concurrent updates across the cluster (NOTES.md). The fault tests caught the first.
+   */
   async advanceMany(moves: readonly MarkerMove[]): Promise<Moved[]> {
-    return Promise.all(moves.map((m) => this.advance(m.user, m.conversation, m.marker, m.seq)))
+    return mapLimited(moves, ADVANCE_CONCURRENCY, (m) => this.advance(m.user, m.conversation, m.marker, m.seq))
   }
 
   async get(user: string, conversation: ConversationKey): Promise<ConversationState | undefined> {

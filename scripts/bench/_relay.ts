@@ -410,6 +410,33 @@ export async function withTarget<T>(name: TargetName, fn: (t: Target) => Promise
   }
 }
 
+/**
+ * Starts a generator of `common`'s threads, client and payload against `target` (`o`: the QoS and
+ * the flows), runs `fn` with it, and closes it whatever happens.
+ */
+export async function withGenerator<T>(
+  target: Target,
+  common: Pick<CommonOptions, 'workers' | 'client' | 'payload'>,
+  o: Pick<GeneratorOptions, 'qos' | 'flows' | 'subscribers'>,
+  fn: (gen: Generator) => Promise<T>
+): Promise<T> {
+  const gen = await Generator.start(target, { workers: common.workers, client: common.client, payloadBytes: common.payload, ...o })
+  try {
+    return await fn(gen)
+  } finally {
+    await gen.close()
+  }
+}
+
+/** One measured row of a relay scenario: the run, its target and QoS, and its ratios (addRatios). */
+export interface RelayRow extends RunResult {
+  target: TargetName
+  qos: 0 | 1
+  limitedBy: string
+  vsAedes?: number
+  vsMosquitto?: number
+}
+
 /** What most likely limited a measurement, from the CPU each side used on this machine. */
 export function limitedBy(r: Pick<RunResult, 'brokerCores' | 'generatorCores' | 'otherCores' | 'workerElu'>, target: TargetName): string {
   const cores = cpus().length

@@ -6,18 +6,13 @@
 //                                 [--workers 2] [--client raw|mqttjs] [--payload 100] [--targets a,b]
 import { parseArgs } from 'node:util'
 import { memoryMiB, round } from './_common.js'
-import { COMMON_ARGS, Generator, addRatios, commonOptions, fmt, limitedBy, progress, withTarget, type RunResult, type TargetName } from './_relay.js'
+import { COMMON_ARGS, addRatios, commonOptions, fmt, limitedBy, progress, withGenerator, withTarget, type RelayRow } from './_relay.js'
 
 export const description = 'pure relay fan-out: 1 publisher to 1,000 online subscribers, deliveries/s and broker RSS; Parley vs Aedes vs Mosquitto'
 
-interface Row extends RunResult {
-  target: TargetName
-  qos: 0 | 1
+interface Row extends RelayRow {
   rssMiB: { idle: number; connected: number; afterRun: number; peak: number }
   kibPerSubscriber: number
-  limitedBy: string
-  vsAedes?: number
-  vsMosquitto?: number
 }
 
 export async function run(args: string[]): Promise<Record<string, unknown>> {
@@ -39,8 +34,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     for (const qos of qosList) {
       await withTarget(target, async (t) => {
         const idle = memoryMiB(t.pid).rss
-        const gen = await Generator.start(t, { workers: common.workers, client: common.client, qos, flows: 1, subscribers, payloadBytes: common.payload })
-        try {
+        await withGenerator(t, common, { qos, flows: 1, subscribers }, async (gen) => {
           const connected = memoryMiB(t.pid).rss
           const r = await gen.run(t, { window, rate: 0, warmupMs: common.warmupMs, durationMs: seconds * 1000 })
           const row: Row = {
@@ -53,9 +47,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
           }
           rows.push(row)
           progress(`${target} QoS ${qos}: ${fmt(r.deliveredPerSecond)} deliveries/s, RSS ${idle} -> ${connected} -> ${r.brokerRssMiB} MiB (peak ${row.rssMiB.peak}), broker ${r.brokerCores} cores, generator ${r.generatorCores} (ELU ${r.workerElu.join(', ')})`)
-        } finally {
-          await gen.close()
-        }
+        })
       })
     }
   }

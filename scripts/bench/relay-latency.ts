@@ -6,7 +6,7 @@
 //                                  [--qos 1] [--calibrate-seconds 3] [--workers 2] [--client raw|mqttjs]
 //                                  [--payload 100] [--targets a,b]
 import { parseArgs } from 'node:util'
-import { COMMON_ARGS, Generator, commonOptions, fmt, limitedBy, measuredMaxQos1, progress, withTarget, type RunResult, type TargetName } from './_relay.js'
+import { COMMON_ARGS, commonOptions, fmt, limitedBy, measuredMaxQos1, progress, withGenerator, withTarget, type RunResult, type TargetName } from './_relay.js'
 
 export const description = 'relay latency at a fixed rate (half of the measured max): p50/p99/p99.9 end to end; Parley vs Aedes vs Mosquitto'
 /** After relay-p2p, whose maxima it reuses. */
@@ -42,8 +42,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
   const rows: Row[] = []
   for (const target of common.targets) {
     await withTarget(target, async (t) => {
-      const gen = await Generator.start(t, { workers: common.workers, client: common.client, qos: target === 'parley-chat' ? 1 : qos, flows: pairs, subscribers: 1, payloadBytes: common.payload })
-      try {
+      await withGenerator(t, common, { qos: target === 'parley-chat' ? 1 : qos, flows: pairs, subscribers: 1 }, async (gen) => {
         let r = rate
         let rateFrom = '--rate'
         if (!r) {
@@ -62,9 +61,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
         const why = limitedBy(res, target)
         rows.push({ target, rate: r, rateFrom, ...res, limitedBy: `${behind}${why.startsWith('neither') ? 'the fixed rate (neither side saturated)' : why}` })
         progress(`${target} at ${fmt(r)}/s: delivered ${fmt(res.deliveredPerSecond)}/s, p50 ${res.latencyMs.p50} p99 ${res.latencyMs.p99} p99.9 ${res.latencyMs.p999} ms, broker ${res.brokerCores}, generator ${res.generatorCores} (ELU ${res.workerElu.join(', ')})`)
-      } finally {
-        await gen.close()
-      }
+      })
     })
   }
   return { pairs, seconds, qos, workers: common.workers, client: common.client, payloadBytes: common.payload, rows }

@@ -5,17 +5,11 @@
 //   npm run bench relay-p2p -- [--pairs 32] [--window 16] [--seconds 5] [--qos 1,0] [--workers 2]
 //                              [--client raw|mqttjs] [--payload 100] [--warmup-ms 1000] [--targets a,b]
 import { parseArgs } from 'node:util'
-import { COMMON_ARGS, Generator, addRatios, commonOptions, fmt, limitedBy, measuredMaxQos1, progress, withTarget, type RunResult, type TargetName } from './_relay.js'
+import { COMMON_ARGS, addRatios, commonOptions, fmt, limitedBy, measuredMaxQos1, progress, withGenerator, withTarget, type RelayRow } from './_relay.js'
 
 export const description = 'pure relay 1->1: N pairs, QoS 1 and 0, msg/s delivered; Parley vs plain Aedes vs Mosquitto'
 
-interface Row extends RunResult {
-  target: TargetName
-  qos: 0 | 1
-  limitedBy: string
-  vsAedes?: number
-  vsMosquitto?: number
-}
+type Row = RelayRow
 
 export async function run(args: string[]): Promise<Record<string, unknown>> {
   const { values } = parseArgs({
@@ -34,15 +28,12 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     await withTarget(target, async (t) => {
       // Stored chat is QoS 1 only: the messages plugin acknowledges a send once stored.
       for (const qos of target === 'parley-chat' ? qosList.filter((q) => q === 1) : qosList) {
-        const gen = await Generator.start(t, { workers: common.workers, client: common.client, qos, flows: pairs, subscribers: 1, payloadBytes: common.payload })
-        try {
+        await withGenerator(t, common, { qos, flows: pairs, subscribers: 1 }, async (gen) => {
           const r = await gen.run(t, { window, rate: 0, warmupMs: common.warmupMs, durationMs: seconds * 1000 })
           rows.push({ target, qos, ...r, limitedBy: limitedBy(r, target) })
           progress(`${target} QoS ${qos}: ${fmt(r.deliveredPerSecond)} msg/s${r.receiptsPerSecond !== undefined ? ` (${fmt(r.receiptsPerSecond)} receipted/s)` : ''}, p50 ${r.latencyMs.p50} ms, broker ${r.brokerCores} cores, generator ${r.generatorCores} cores (ELU ${r.workerElu.join(', ')})`)
           if (qos === 1) measuredMaxQos1.set(target, r.deliveredPerSecond)
-        } finally {
-          await gen.close()
-        }
+        })
       }
     })
   }
